@@ -1,0 +1,14 @@
+"""Every event model of the federation. Importing this package registers them all."""
+
+from contracts.events.base import CLOUD_TYPE_PREFIX, Event, event_class, event_classes, register
+from contracts.events.registry import NodeRegisteredV1, TerritoryRegisteredV1
+
+__all__ = [
+    "CLOUD_TYPE_PREFIX",
+    "Event",
+    "NodeRegisteredV1",
+    "TerritoryRegisteredV1",
+    "event_class",
+    "event_classes",
+    "register",
+]

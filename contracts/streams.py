@@ -1,0 +1,55 @@
+"""JetStream streams and KV buckets of the federation, declared once here and created by the kit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["KV_BUCKETS", "STREAMS", "KeyValueBucket", "Stream", "stream_for_subject"]
+
+DAY = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+    storage: Literal["file", "memory"] = "file"
+    max_age_seconds: int = 0  # 0 keeps messages until limits say otherwise
+    duplicate_window_seconds: int = 120
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValueBucket:
+    name: str
+    description: str
+    history: int = 1
+    storage: Literal["file", "memory"] = "file"
+
+
+STREAMS: tuple[Stream, ...] = (
+    Stream("CATALOG", ("catalog.>",), "Dataset advertisements of every node, replayed to build federated indexes."),
+    Stream("REGISTRY", ("registry.>",), "Federation directory, agreement transitions and API key changes."),
+    Stream("CONSENT", ("consent.>",), "Consent events, flowing to the exchanges that compute on consented subjects."),
+    Stream("AUDIT", ("audit.>",), "Hash-chained audit records of every query, per territory."),
+    Stream(
+        "DEADLETTER",
+        ("deadletter.>",),
+        "Messages a durable consumer gave up on after bounded redelivery, kept for inspection.",
+        max_age_seconds=30 * DAY,
+    ),
+)
+
+KV_BUCKETS: tuple[KeyValueBucket, ...] = (
+    KeyValueBucket("grants", "Enforceable terms of every ACTIVE agreement, keyed by agreement id.", history=5),
+)
+
+
+def stream_for_subject(subject: str) -> Stream:
+    """The stream whose subjects capture ``subject`` (streams here are all ``<domain>.>``)."""
+    domain = subject.split(".", 1)[0]
+    for stream in STREAMS:
+        if any(pattern == f"{domain}.>" for pattern in stream.subjects):
+            return stream
+    raise LookupError(f"no stream captures subject {subject!r}")

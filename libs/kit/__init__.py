@@ -1,0 +1,1 @@
+"""Maillage kit: what every service shares (settings, database, NATS, outbox, consumers, errors, telemetry, auth)."""

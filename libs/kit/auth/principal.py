@@ -1,0 +1,50 @@
+"""The one identity every request resolves to, whatever authenticated it."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["AuthMethod", "Principal", "Role"]
+
+
+class Role(StrEnum):
+    STEWARD = "steward"
+    DPO = "dpo"
+    ANALYST = "analyst"
+    ADMIN = "admin"
+
+
+class AuthMethod(StrEnum):
+    BOOTSTRAP_KEY = "bootstrap_key"
+    API_KEY = "api_key"
+    OIDC = "oidc"
+    ASSERTION = "assertion"
+
+
+class Principal(BaseModel):
+    """Subject, organisation, roles per territory (SIREN -> roles), realm roles, scopes, authentication method.
+
+    Roles are held per territory on purpose: a DPO of one EPCI is not a DPO anywhere else.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    subject: str
+    organisation: str | None = None
+    territory_roles: dict[str, frozenset[Role]] = Field(default_factory=dict)
+    realm_roles: frozenset[str] = frozenset()
+    scopes: frozenset[str] = frozenset()
+    auth_method: AuthMethod
+
+    @property
+    def is_operator(self) -> bool:
+        return "operator" in self.realm_roles
+
+    def has_role(self, territory: str, role: Role) -> bool:
+        """True when the principal holds ``role`` in ``territory`` (operators hold every role)."""
+        return self.is_operator or role in self.territory_roles.get(territory, frozenset())
+
+    def territories_with(self, role: Role) -> set[str]:
+        return {siren for siren, roles in self.territory_roles.items() if role in roles}

@@ -1,0 +1,88 @@
+"""Settings shared by every service, read from the environment with one prefix per service.
+
+A service subclasses :class:`ServiceSettings`, sets ``model_config = service_config("CATALOG")`` and a default port.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from contracts.identifiers import validate_node_id, validate_siren
+
+__all__ = ["PLACEHOLDER_SECRETS", "ServiceSettings", "service_config"]
+
+PLACEHOLDER_SECRETS = frozenset({"", "changethis", "changeme", "secret", "dev", "development", "insecure"})
+
+
+def service_config(service: str) -> SettingsConfigDict:
+    """Settings config reading ``MAILLAGE_<SERVICE>_*`` variables (and an optional ``.env``)."""
+    return SettingsConfigDict(
+        env_prefix=f"MAILLAGE_{service.upper()}_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs: where to listen, its database, NATS, its node and territories, its secrets."""
+
+    model_config = service_config("SERVICE")
+
+    environment: Literal["development", "test", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = None
+    data_dir: Path = Path(".maillage")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    nats_url: str = "nats://127.0.0.1:4222"
+    node_id: str = "local"
+    territories: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    keyring_file: Path | None = None
+    secret_key: SecretStr = SecretStr("changethis")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    outbox_poll_interval: float = Field(default=1.0, gt=0)
+    outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
+    outbox_retention_hours: float = Field(default=168.0, gt=0)
+    consumer_max_deliver: int = Field(default=5, ge=1)
+    consumer_ack_wait: float = Field(default=30.0, gt=0)
+
+    @field_validator("territories", mode="before")
+    @classmethod
+    def _split_territories(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("territories")
+    @classmethod
+    def _sirens(cls, value: list[str]) -> list[str]:
+        return [validate_siren(siren) for siren in value]
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        return validate_node_id(value)
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> ServiceSettings:
+        if self.environment != "development":
+            if self.secret_key.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(f"secret_key is a placeholder; set a real secret before running in {self.environment}")
+            if len(self.secret_key.get_secret_value()) < 32:
+                raise ValueError("secret_key must be at least 32 characters outside development")
+        return self
+
+    def resolved_database_url(self, service: str) -> str:
+        """The configured database URL, or SQLite ``<data_dir>/<service>.db``."""
+        if self.database_url:
+            return self.database_url
+        path = (self.data_dir / f"{service}.db").resolve()
+        return f"sqlite:///{path}"
+
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
