@@ -14,7 +14,8 @@ _REGISTRY: dict[str, type[Event]] = {}
 
 
 class Event(BaseModel):
-    """An event's data. Subclasses set ``event_name`` (``<domain>.<entity>.<action>``), ``version`` and ``summary``,
+    """An event's data. Subclasses set ``event_name`` (``<domain>.<entity>.<action>``), ``version``, ``summary``,
+    ``subject_pattern`` and ``producer`` (the service that emits it),
     and implement :meth:`subject` with the subject builders of :mod:`contracts.subjects`.
 
     A breaking change to a payload is a new class with ``version + 1``; both versions stay registered while
@@ -27,6 +28,8 @@ class Event(BaseModel):
     version: ClassVar[int]
     summary: ClassVar[str]
     subject_pattern: ClassVar[str]
+    producer: ClassVar[str]
+    consumers: ClassVar[tuple[str, ...]] = ()
     subject_parameters: ClassVar[dict[str, str]] = {}
 
     @classmethod

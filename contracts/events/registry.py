@@ -22,6 +22,8 @@ class TerritoryRegisteredV1(Event):
     summary: ClassVar[str] = "A territory joined the federation directory, or its description changed."
     subject_pattern: ClassVar[str] = "registry.territory.registered.{siren}"
     subject_parameters: ClassVar[dict[str, str]] = {"siren": "SIREN of the territory (nine digits)"}
+    producer: ClassVar[str] = "registry"
+    consumers: ClassVar[tuple[str, ...]] = ("catalog",)
 
     siren: Siren
     name: str = Field(min_length=1, max_length=200)
@@ -43,6 +45,8 @@ class NodeRegisteredV1(Event):
     summary: ClassVar[str] = "A node (one deployment of catalog, exchange and consent) joined or changed."
     subject_pattern: ClassVar[str] = "registry.node.registered.{node_id}"
     subject_parameters: ClassVar[dict[str, str]] = {"node_id": "slug of the node"}
+    producer: ClassVar[str] = "registry"
+    consumers: ClassVar[tuple[str, ...]] = ("catalog",)
 
     node_id: NodeId
     name: str = Field(min_length=1, max_length=200)

@@ -165,6 +165,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, f"http.{exc.status_code}")
         detail = exc.detail if isinstance(exc.detail, str) else code
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            code, detail = "request.malformed_body", "the body could not be decoded (it must be UTF-8 JSON)"
         body = {"error": code, "detail": detail}
         if rid := _request_id(request):
             body["request_id"] = rid
