@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -34,6 +34,10 @@ __all__ = ["DurableConsumer", "MessageHandler", "ProcessedMessage"]
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
+meter = metrics.get_meter(__name__)
+outcome_counter = meter.create_counter(
+    "maillage.consumer.messages", unit="{message}", description="messages handled, by consumer and outcome"
+)
 
 MessageHandler = Callable[[Session, Envelope], None]
 """Applies one event inside the consumer's transaction. Raise to have the message retried."""
@@ -158,6 +162,7 @@ class DurableConsumer:
             except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
                 span.record_exception(exc)
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                outcome_counter.add(1, {"consumer": self.durable, "outcome": "failed"})
                 if delivered >= self.max_deliver:
                     await self._dead_letter(msg, f"handler.failed: {self.last_error}", delivered)
                 else:
@@ -167,6 +172,7 @@ class DurableConsumer:
             self.applied += 1
         else:
             self.duplicates += 1
+        outcome_counter.add(1, {"consumer": self.durable, "outcome": "applied" if applied else "duplicate"})
         if self.skip_ack is not None and self.skip_ack(envelope):
             return
         await msg.ack()
@@ -202,5 +208,6 @@ class DurableConsumer:
             await msg.nak(delay=self.retry_delay)
             return
         self.dead_lettered += 1
+        outcome_counter.add(1, {"consumer": self.durable, "outcome": "dead_lettered"})
         log.error("consumer %s: message on %s dead-lettered (%s)", self.durable, msg.subject, reason)
         await msg.term()

@@ -167,7 +167,9 @@ class Messaging:
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self.nc is not None and not self.nc.is_closed:
+            # Not drain(): every publish here already awaited its PubAck, and draining pull subscriptions can hang.
             try:
-                await asyncio.wait_for(self.nc.drain(), 5)
+                await asyncio.wait_for(self.nc.flush(), 1)
             except Exception:  # noqa: BLE001 - closing anyway
-                await self.nc.close()
+                pass
+            await self.nc.close()

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind
 from sqlalchemy import LargeBinary, delete, event, func, update
 from sqlmodel import Column, Field, Session, SQLModel, col, select
@@ -29,6 +29,13 @@ __all__ = ["OutboxEvent", "OutboxRelay", "enqueue", "pending_count"]
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
+meter = metrics.get_meter(__name__)
+published_counter = meter.create_counter(
+    "maillage.outbox.published", unit="{event}", description="events published by the outbox relay"
+)
+failure_counter = meter.create_counter(
+    "maillage.outbox.publish_failures", unit="{attempt}", description="publish attempts that failed (NATS down...)"
+)
 
 _PENDING_FLAG = "maillage.outbox.pending"
 
@@ -211,7 +218,9 @@ class OutboxRelay:
             sent_ids.append(row.id)
         await asyncio.to_thread(self._mark, sent_ids, failed)
         self.published += len(sent_ids)
+        published_counter.add(len(sent_ids))
         if failed is not None:
+            failure_counter.add(1)
             self.last_error = failed[1]
             return len(sent_ids), False
         self.last_error = None

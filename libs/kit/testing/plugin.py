@@ -8,7 +8,8 @@ Loaded for the whole repository by ``-p kit.testing.plugin`` (pyproject). Fixtur
   installs them when absent);
 - ``database_url`` / ``database``: a fresh empty database, parametrised over SQLite (the embedded default) and
   PostgreSQL, so repository tests run on both;
-- ``span_exporter``: the in-memory exporter receiving every span of the process, cleared before each test.
+- ``span_exporter``: the in-memory exporter receiving every span of the process, cleared before each test;
+- ``metric_reader``: the in-memory reader of every metric of the process.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -33,17 +35,24 @@ __all__ = ["DATABASE_KINDS"]
 DATABASE_KINDS = ("sqlite", "postgresql")
 
 _SPANS = InMemorySpanExporter()
+_METRICS = InMemoryMetricReader()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # The process-wide tracer provider is installed once; tests read spans from the in-memory exporter.
-    setup_telemetry("tests", node_id="tests", span_processors=[SimpleSpanProcessor(_SPANS)])
+    setup_telemetry("tests", node_id="tests", span_processors=[SimpleSpanProcessor(_SPANS)], metric_readers=[_METRICS])
 
 
 @pytest.fixture
 def span_exporter() -> InMemorySpanExporter:
     _SPANS.clear()
     return _SPANS
+
+
+@pytest.fixture
+def metric_reader() -> InMemoryMetricReader:
+    """The in-memory reader of every metric of the process (cumulative since the session started)."""
+    return _METRICS
 
 
 @pytest.fixture(scope="session")

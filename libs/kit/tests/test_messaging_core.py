@@ -276,3 +276,40 @@ async def test_trace_context_flows_from_writer_to_consumer(messaging: Messaging,
     process = spans[f"process {envelope.type}"]
     assert publish.parent is not None and publish.parent.span_id == request_span.get_span_context().span_id
     assert process.parent is not None and process.parent.span_id == publish.context.span_id
+
+
+def metric_total(reader, name: str, **attributes: str) -> float:
+    total = 0.0
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        if all(point.attributes.get(k) == v for k, v in attributes.items()):
+                            total += point.value
+    return total
+
+
+async def test_relay_and_consumer_report_metrics(messaging: Messaging, database: Database, metric_reader):
+    siren = random_siren()
+    durable = f"core-metrics-{siren}"
+    consumer = DurableConsumer(
+        database=database,
+        messaging=messaging,
+        stream="REGISTRY",
+        durable=durable,
+        filter_subject=f"registry.territory.registered.{siren}",
+        handler=Recorder(),
+    )
+    published_before = metric_total(metric_reader, "maillage.outbox.published")
+    with database.unit_of_work() as session:
+        enqueue(session, territory_event(siren), source=SOURCE)
+    await OutboxRelay(database, messaging).drain_once()
+    await consumer.start()
+    try:
+        await eventually(lambda: consumer.applied == 1, what="the event")
+    finally:
+        await consumer.stop()
+    assert metric_total(metric_reader, "maillage.outbox.published") == published_before + 1
+    assert metric_total(metric_reader, "maillage.consumer.messages", consumer=durable, outcome="applied") == 1

@@ -1,0 +1,1 @@
+"""The `maillage` command-line tool: runs an embedded federation (nats-server, registry, gateway, nodes)."""

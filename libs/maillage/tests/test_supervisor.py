@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from maillage.bootstrap import DataDir
+from maillage.federation import Federation, build_federation, fixed_ports, load_territories, service_instances
+from maillage.supervisor import (
+    SERVICE_COMMAND_OVERRIDE_ENV,
+    RestartBackoff,
+    service_command,
+    service_environment,
+    service_specs,
+)
+
+
+@pytest.fixture
+def federation(referentiel: Path) -> Federation:
+    return build_federation(load_territories(referentiel), fixed_ports())
+
+
+def test_services_run_as_modules_of_this_interpreter() -> None:
+    assert service_command("catalog", {}) == [sys.executable, "-m", "catalog"]
+
+
+def test_service_command_override_for_tests() -> None:
+    env = {SERVICE_COMMAND_OVERRIDE_ENV: json.dumps(["/bin/fake", "--flag"])}
+    assert service_command("catalog", env) == ["/bin/fake", "--flag"]
+    with pytest.raises(ValueError, match="JSON list"):
+        service_command("catalog", {SERVICE_COMMAND_OVERRIDE_ENV: '"a string"'})
+
+
+def test_environment_of_a_node_service(federation: Federation, tmp_path: Path) -> None:
+    data_dir = DataDir(tmp_path)
+    instance = next(i for i in service_instances(federation) if i.name == "operateur-exchange")
+    env = service_environment(instance, federation=federation, data_dir=data_dir, base_env={"OTEL_X": "kept"})
+    assert env["OTEL_X"] == "kept"
+    assert env["MAILLAGE_EXCHANGE_HOST"] == "127.0.0.1"
+    assert env["MAILLAGE_EXCHANGE_PORT"] == "8302"
+    assert env["MAILLAGE_EXCHANGE_DATA_DIR"] == str(tmp_path / "services" / "operateur-exchange")
+    assert env["MAILLAGE_EXCHANGE_NATS_URL"] == "nats://127.0.0.1:4222"
+    assert env["MAILLAGE_EXCHANGE_NODE_ID"] == "operateur"
+    assert env["MAILLAGE_EXCHANGE_TERRITORIES"] == "200069540,200068070"
+    assert env["MAILLAGE_EXCHANGE_KEYRING_FILE"] == str(tmp_path / "keyring.json")
+    assert env["MAILLAGE_EXCHANGE_ENVIRONMENT"] == "development"
+    assert env["MAILLAGE_EXCHANGE_PUBLIC_URL"] == "http://127.0.0.1:8302"
+    assert "MAILLAGE_SERVICE" not in env
+
+
+def test_environment_of_registry_and_gateway(federation: Federation, tmp_path: Path) -> None:
+    data_dir = DataDir(tmp_path)
+    by_name = {i.name: i for i in service_instances(federation)}
+    registry = service_environment(by_name["registry"], federation=federation, data_dir=data_dir, base_env={})
+    assert registry["MAILLAGE_REGISTRY_NODE_ID"] == "registry"
+    assert registry["MAILLAGE_REGISTRY_FEDERATION_FILE"] == str(tmp_path / "federation.json")
+    assert "MAILLAGE_REGISTRY_TERRITORIES" not in registry
+    base = {SERVICE_COMMAND_OVERRIDE_ENV: "[]"}
+    gateway = service_environment(by_name["gateway"], federation=federation, data_dir=data_dir, base_env=base)
+    assert gateway["MAILLAGE_GATEWAY_NODE_ID"] == "gateway"
+    assert gateway["MAILLAGE_GATEWAY_REGISTRY_URL"] == "http://127.0.0.1:8001"
+    assert gateway["MAILLAGE_GATEWAY_PORT"] == "8000"
+    assert gateway["MAILLAGE_SERVICE"] == "gateway"
+
+
+def test_specs_start_registry_then_nodes_then_gateway(federation: Federation, tmp_path: Path) -> None:
+    specs = service_specs(federation, DataDir(tmp_path), base_env={})
+    waves = {spec.name: spec.wave for spec in specs}
+    assert waves["registry"] < waves["dijon-catalog"] == waves["operateur-consent"] < waves["gateway"]
+    dijon = next(spec for spec in specs if spec.name == "dijon-catalog")
+    assert dijon.ready_url == "http://127.0.0.1:8101/readyz"
+    assert dijon.log_file == tmp_path / "logs" / "dijon-catalog.log"
+    assert dijon.args == [sys.executable, "-m", "catalog"]
+
+
+def test_restart_backoff_doubles_up_to_thirty_seconds() -> None:
+    backoff = RestartBackoff()
+    delays = [backoff.schedule(100.0) for _ in range(7)]
+    assert delays == [1, 2, 4, 8, 16, 30, 30]
+    assert backoff.due_at == 130.0
+    assert not backoff.is_due(129.9) and backoff.is_due(130.0)
