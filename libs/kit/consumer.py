@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -21,8 +21,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Field, Session, SQLModel, col
 
 from contracts import subjects
 from contracts.envelope import Envelope
@@ -69,6 +70,7 @@ class DurableConsumer:
         ack_wait: float = 30.0,
         batch_size: int = 64,
         retry_delay: float = 0.5,
+        processed_retention: timedelta = timedelta(days=30),
     ) -> None:
         self.database = database
         self.messaging = messaging
@@ -80,6 +82,7 @@ class DurableConsumer:
         self.ack_wait = ack_wait
         self.batch_size = batch_size
         self.retry_delay = retry_delay
+        self.processed_retention = processed_retention
         self.applied = 0
         self.duplicates = 0
         self.dead_lettered = 0
@@ -121,7 +124,12 @@ class DurableConsumer:
 
     async def _run(self) -> None:
         subscription: JetStreamContext.PullSubscription | None = None
+        last_purge = 0.0
+        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
+            if loop.time() - last_purge > 3600:
+                last_purge = loop.time()
+                await asyncio.to_thread(self.purge_processed)
             try:
                 if subscription is None:
                     subscription = await self._subscribe()
@@ -176,6 +184,17 @@ class DurableConsumer:
         if self.skip_ack is not None and self.skip_ack(envelope):
             return
         await msg.ack()
+
+    def purge_processed(self) -> int:
+        """Forget processed marks older than the retention (a redelivery that late is not expected)."""
+        cutoff = datetime.now(UTC) - self.processed_retention
+        with self.database.unit_of_work() as session:
+            result = session.execute(
+                delete(ProcessedMessage).where(
+                    col(ProcessedMessage.consumer) == self.durable, col(ProcessedMessage.processed_at) < cutoff
+                )
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
 
     def _apply(self, envelope: Envelope) -> bool:
         """Apply the event in one transaction with its processed mark. False when it was already applied."""

@@ -313,3 +313,31 @@ async def test_relay_and_consumer_report_metrics(messaging: Messaging, database:
         await consumer.stop()
     assert metric_total(metric_reader, "maillage.outbox.published") == published_before + 1
     assert metric_total(metric_reader, "maillage.consumer.messages", consumer=durable, outcome="applied") == 1
+
+
+async def test_old_processed_marks_are_purged(messaging: Messaging, database: Database):
+    from datetime import UTC, datetime, timedelta
+
+    consumer = DurableConsumer(
+        database=database,
+        messaging=messaging,
+        stream="REGISTRY",
+        durable="core-purge",
+        filter_subject="registry.territory.registered.000000000",
+        handler=Recorder(),
+        processed_retention=timedelta(days=30),
+    )
+    with database.unit_of_work() as session:
+        session.add(
+            ProcessedMessage(
+                consumer="core-purge", message_id="old", processed_at=datetime.now(UTC) - timedelta(days=31)
+            )
+        )
+        session.add(ProcessedMessage(consumer="core-purge", message_id="recent"))
+        session.add(
+            ProcessedMessage(consumer="other", message_id="old", processed_at=datetime.now(UTC) - timedelta(days=31))
+        )
+    assert consumer.purge_processed() == 1
+    with database.session() as session:
+        left = {(row.consumer, row.message_id) for row in session.exec(select(ProcessedMessage))}
+    assert left == {("core-purge", "recent"), ("other", "old")}
