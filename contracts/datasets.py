@@ -43,6 +43,7 @@ __all__ = [
     "TableSchema",
     "TemporalCoverage",
     "dataset_id",
+    "distribution_formats",
     "parse_dataset_id",
     "parse_iso_duration",
     "parse_wkt_polygon",
@@ -437,3 +438,8 @@ class PublishedDataset(BaseModel):
         if self.id != dataset_id(self.territory, self.slug):
             raise ValueError("id must be <territory>/<slug>")
         return self
+
+
+def distribution_formats(metadata: DatasetMetadata) -> tuple[str, ...]:
+    """Formats a dataset is distributed in: files for open data, the query service otherwise."""
+    return ("CSV", "Parquet") if metadata.access is AccessLevel.OPEN else ("API",)

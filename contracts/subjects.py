@@ -10,6 +10,8 @@ from __future__ import annotations
 from contracts.identifiers import validate_node_id, validate_siren, validate_slug
 
 __all__ = [
+    "catalog_dataset_upserted",
+    "catalog_dataset_withdrawn",
     "dead_letter",
     "registry_node_registered",
     "registry_territory_registered",
@@ -22,6 +24,14 @@ def registry_territory_registered(siren: str) -> str:
 
 def registry_node_registered(node_id: str) -> str:
     return f"registry.node.registered.{validate_node_id(node_id)}"
+
+
+def catalog_dataset_upserted(siren: str, slug: str) -> str:
+    return f"catalog.dataset.upserted.{validate_siren(siren)}.{validate_slug(slug)}"
+
+
+def catalog_dataset_withdrawn(siren: str, slug: str) -> str:
+    return f"catalog.dataset.withdrawn.{validate_siren(siren)}.{validate_slug(slug)}"
 
 
 def dead_letter(consumer: str) -> str:

@@ -1,10 +1,13 @@
 """Every event model of the federation. Importing this package registers them all."""
 
 from contracts.events.base import CLOUD_TYPE_PREFIX, Event, event_class, event_classes, register
+from contracts.events.catalog import DatasetUpsertedV1, DatasetWithdrawnV1
 from contracts.events.registry import NodeRegisteredV1, TerritoryRegisteredV1
 
 __all__ = [
     "CLOUD_TYPE_PREFIX",
+    "DatasetUpsertedV1",
+    "DatasetWithdrawnV1",
     "Event",
     "NodeRegisteredV1",
     "TerritoryRegisteredV1",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from contracts.datasets import (
     DataStatus,
     Granularity,
     Hosting,
+    PublishedDataset,
     Retention,
     SpatialCoverage,
     TableSchema,
@@ -27,7 +28,7 @@ from contracts.datasets import (
 )
 from contracts.vocabularies import DataTheme, Frequency, LegalBasis
 
-__all__ = ["BIKE_COUNT_SCHEMA_URL", "SeedTerritory", "bike_count_schema", "demo_datasets"]
+__all__ = ["BIKE_COUNT_SCHEMA_URL", "SeedTerritory", "bike_count_schema", "demo_datasets", "demo_published"]
 
 LICENCE_OUVERTE = "https://www.etalab.gouv.fr/licence-ouverte-open-licence/"
 BIKE_COUNT_SCHEMA_URL = "https://raw.githubusercontent.com/etalab/schema-comptage-mobilites/v0.2.4/measure/schema.json"
@@ -194,4 +195,29 @@ def demo_datasets(territory: SeedTerritory) -> list[tuple[str, DatasetMetadata]]
         ("frequentation-bus", bus),
         ("consommation-eau-menages", water),
         ("fuites-reseau-eau", leaks),
+    ]
+
+
+def demo_published(territory: SeedTerritory, *, catalog_url: str, exchange_url: str) -> list[PublishedDataset]:
+    """The demo datasets of ``territory`` as published revision 1 (for tests, benchmarks and exports)."""
+    now = datetime.now(UTC)
+    return [
+        PublishedDataset.model_validate(
+            {
+                "id": f"{territory.siren}/{slug}",
+                "territory": territory.siren,
+                "slug": slug,
+                "uri": f"{catalog_url.rstrip('/')}/datasets/{territory.siren}/{slug}",
+                "publisher_name": territory.name,
+                "node": territory.node,
+                "catalog_url": catalog_url,
+                "exchange_url": exchange_url,
+                "revision": 1,
+                "created": now,
+                "modified": now,
+                "published": now,
+                "metadata": metadata,
+            }
+        )
+        for slug, metadata in demo_datasets(territory)
     ]
