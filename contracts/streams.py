@@ -18,6 +18,7 @@ class Stream:
     storage: Literal["file", "memory"] = "file"
     max_age_seconds: int = 0  # 0 keeps messages until limits say otherwise
     duplicate_window_seconds: int = 120
+    max_msgs_per_subject: int = -1  # -1: unlimited; 1 keeps only the latest message of each subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,13 @@ class KeyValueBucket:
 
 
 STREAMS: tuple[Stream, ...] = (
-    Stream("CATALOG", ("catalog.>",), "Dataset advertisements of every node, replayed to build federated indexes."),
+    Stream(
+        "CATALOG",
+        ("catalog.>",),
+        "Dataset advertisements of every node, replayed to build federated indexes. Subjects name one dataset "
+        "and one action, so keeping the latest message per subject keeps everything a replay needs.",
+        max_msgs_per_subject=1,
+    ),
     Stream("REGISTRY", ("registry.>",), "Federation directory, agreement transitions and API key changes."),
     Stream("CONSENT", ("consent.>",), "Consent events, flowing to the exchanges that compute on consented subjects."),
     Stream("AUDIT", ("audit.>",), "Hash-chained audit records of every query, per territory."),

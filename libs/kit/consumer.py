@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
@@ -31,7 +32,7 @@ from kit.db import Database
 from kit.messaging import Messaging
 from kit.telemetry import extract_context
 
-__all__ = ["DurableConsumer", "MessageHandler", "ProcessedMessage"]
+__all__ = ["ConsumerCheckpoint", "DurableConsumer", "MessageHandler", "ProcessedMessage"]
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -52,6 +53,19 @@ class ProcessedMessage(SQLModel, table=True):
     consumer: str = Field(primary_key=True, max_length=64)
     message_id: str = Field(primary_key=True, max_length=64)
     processed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class ConsumerCheckpoint(SQLModel, table=True):
+    """This database has followed consumer ``consumer`` since ``created_at``.
+
+    Absent while the durable consumer exists on the server means the database is new (or was restored from
+    nothing): the consumer is then recreated to replay its stream from the start, so the state converges.
+    """
+
+    __tablename__ = "consumer_checkpoint"
+
+    consumer: str = Field(primary_key=True, max_length=64)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class DurableConsumer:
@@ -118,9 +132,29 @@ class DurableConsumer:
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         await self.messaging.wait_ready()
-        return await self.messaging.js.pull_subscribe(
+        js = self.messaging.js
+        followed = await asyncio.to_thread(self._has_checkpoint)
+        if not followed:
+            try:
+                await js.delete_consumer(self.stream, self.durable)
+                log.info("consumer %s: new database, replaying %s from the start", self.durable, self.stream)
+            except NotFoundError:
+                pass
+        subscription = await js.pull_subscribe(
             self.filter_subject, durable=self.durable, stream=self.stream, config=self._config()
         )
+        if not followed:
+            await asyncio.to_thread(self._add_checkpoint)
+        return subscription
+
+    def _has_checkpoint(self) -> bool:
+        with self.database.session() as session:
+            return session.get(ConsumerCheckpoint, self.durable) is not None
+
+    def _add_checkpoint(self) -> None:
+        with self.database.unit_of_work() as session:
+            if session.get(ConsumerCheckpoint, self.durable) is None:
+                session.add(ConsumerCheckpoint(consumer=self.durable))
 
     async def _run(self) -> None:
         subscription: JetStreamContext.PullSubscription | None = None

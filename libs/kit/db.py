@@ -6,7 +6,8 @@ Services never commit: the request wrapper (:func:`kit.app.SessionDep`) and the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,33 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
-__all__ = ["Database"]
+__all__ = ["Database", "on_commit"]
+
+log = logging.getLogger(__name__)
+
+_ON_COMMIT = "maillage.on_commit"
+
+
+def on_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once ``session``'s transaction has committed (never when it rolls back).
+
+    For side effects outside the database (an in-memory index, a cache) that must follow the durable state.
+    """
+    session.info.setdefault(_ON_COMMIT, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_on_commit(session: Session) -> None:
+    for callback in session.info.pop(_ON_COMMIT, []):
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - the transaction is committed; a failed side effect must not undo that
+            log.exception("on-commit callback failed")
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_on_commit(session: Session) -> None:
+    session.info.pop(_ON_COMMIT, None)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -40,6 +40,7 @@ def _stream_config(stream: Stream) -> StreamConfig:
         storage=_storage(stream.storage),
         max_age=float(stream.max_age_seconds) if stream.max_age_seconds else None,
         duplicate_window=float(stream.duplicate_window_seconds),
+        max_msgs_per_subject=stream.max_msgs_per_subject,
     )
 
 

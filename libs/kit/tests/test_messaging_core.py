@@ -341,3 +341,51 @@ async def test_old_processed_marks_are_purged(messaging: Messaging, database: Da
     with database.session() as session:
         left = {(row.consumer, row.message_id) for row in session.exec(select(ProcessedMessage))}
     assert left == {("core-purge", "recent"), ("other", "old")}
+
+
+async def test_new_database_replays_the_stream_from_the_start(messaging: Messaging, database: Database, tmp_path):
+    siren = random_siren()
+    durable = f"core-replay-{siren}"
+
+    def consumer_on(db: Database, recorder: Recorder) -> DurableConsumer:
+        return DurableConsumer(
+            database=db,
+            messaging=messaging,
+            stream="REGISTRY",
+            durable=durable,
+            filter_subject=f"registry.territory.registered.{siren}",
+            handler=recorder,
+        )
+
+    for population in (1, 2, 3):
+        with database.unit_of_work() as session:
+            enqueue(session, territory_event(siren, population=population), source=SOURCE)
+    await OutboxRelay(database, messaging).drain_once()
+    first = Recorder()
+    consumer = consumer_on(database, first)
+    await consumer.start()
+    try:
+        await eventually(lambda: consumer.applied == 3, what="3 events on the first database")
+    finally:
+        await consumer.stop()
+
+    # Same durable name, a database that has never seen it (lost disk, new replica): everything is replayed.
+    fresh = Database(f"sqlite:///{tmp_path / 'fresh.db'}")
+    fresh.create_all()
+    second = Recorder()
+    replaying = consumer_on(fresh, second)
+    await replaying.start()
+    try:
+        await eventually(lambda: replaying.applied == 3, what="the replay on the new database")
+    finally:
+        await replaying.stop()
+        fresh.dispose()
+    assert set(second.calls) == set(first.calls)
+
+    # The first database resumes where it stopped: nothing is applied twice.
+    again = Recorder()
+    resumed = consumer_on(database, again)
+    await resumed.start()
+    await asyncio.sleep(1.5)
+    await resumed.stop()
+    assert not again.calls
