@@ -23,6 +23,7 @@ __all__ = [
     "Forbidden",
     "MaillageError",
     "NotFound",
+    "PreconditionFailed",
     "ServiceUnavailable",
     "TooManyRequests",
     "Unauthorized",
@@ -98,6 +99,11 @@ class Conflict(MaillageError):
     code = "resource.conflict"
 
 
+class PreconditionFailed(MaillageError):
+    status_code = 412
+    code = "request.precondition_failed"
+
+
 class Unprocessable(MaillageError):
     status_code = 422
     code = "request.invalid"
@@ -120,6 +126,7 @@ _STATUS_CODES = {
     404: "http.not_found",
     405: "http.method_not_allowed",
     406: "http.not_acceptable",
+    412: "request.precondition_failed",
     413: "request.too_large",
     415: "request.unsupported_media_type",
     429: "quota.exceeded",

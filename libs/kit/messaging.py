@@ -18,7 +18,7 @@ from nats.js.errors import BadRequestError
 
 from contracts.streams import KV_BUCKETS, STREAMS, KeyValueBucket, Stream
 
-__all__ = ["Messaging", "MessagingUnavailable", "declare_streams"]
+__all__ = ["Messaging", "MessagingUnavailable", "declare_streams", "redact_url"]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,15 @@ def _storage(kind: str) -> StorageType:
     return StorageType.FILE if kind == "file" else StorageType.MEMORY
 
 
-def _stream_config(stream: Stream) -> StreamConfig:
+def redact_url(url: str) -> str:
+    """A NATS URL without its user information, for logs and health reports."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+def _stream_config(stream: Stream, replicas: int) -> StreamConfig:
     return StreamConfig(
         name=stream.name,
         description=stream.description,
@@ -41,6 +49,7 @@ def _stream_config(stream: Stream) -> StreamConfig:
         max_age=float(stream.max_age_seconds) if stream.max_age_seconds else None,
         duplicate_window=float(stream.duplicate_window_seconds),
         max_msgs_per_subject=stream.max_msgs_per_subject,
+        num_replicas=replicas,
     )
 
 
@@ -48,10 +57,12 @@ async def declare_streams(
     js: JetStreamContext,
     streams: tuple[Stream, ...] = STREAMS,
     buckets: tuple[KeyValueBucket, ...] = KV_BUCKETS,
+    *,
+    replicas: int = 1,
 ) -> None:
     """Create (or bring up to date) every stream and KV bucket. Idempotent."""
     for stream in streams:
-        config = _stream_config(stream)
+        config = _stream_config(stream, replicas)
         try:
             await js.add_stream(config)
         except BadRequestError:
@@ -64,6 +75,7 @@ async def declare_streams(
                 description=bucket.description,
                 history=bucket.history,
                 storage=_storage(bucket.storage),
+                replicas=replicas,
             )
         )
 
@@ -71,8 +83,18 @@ async def declare_streams(
 class Messaging:
     """One NATS client per process, connected in the background and reconnecting forever."""
 
-    def __init__(self, url: str, *, name: str, declare: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str,
+        declare: bool = True,
+        credentials_file: str | None = None,
+        stream_replicas: int = 1,
+    ) -> None:
         self.url = url
+        self.credentials_file = credentials_file
+        self.stream_replicas = stream_replicas
         self.name = name
         self.declare = declare
         self.nc: NATS | None = None
@@ -118,20 +140,21 @@ class Messaging:
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
+                    user_credentials=self.credentials_file,
                 )
             except Exception as exc:  # noqa: BLE001 - any failure means "try again later"
-                self.last_error = f"cannot connect to {self.url}: {type(exc).__name__}"
+                self.last_error = f"cannot connect to {redact_url(self.url)}: {type(exc).__name__}"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            log.info("connected to NATS at %s", self.url)
+            log.info("connected to NATS at %s", redact_url(self.url))
             await self._after_connect()
             return
 
     async def _after_connect(self) -> None:
         try:
             if self.declare:
-                await declare_streams(self.js)
+                await declare_streams(self.js, replicas=self.stream_replicas)
             self.last_error = None
             self._ready.set()
             for callback in self._on_ready:
@@ -147,10 +170,10 @@ class Messaging:
         if not self._closing:
             self.last_error = "disconnected from NATS"
             self._ready.clear()
-            log.warning("disconnected from NATS at %s", self.url)
+            log.warning("disconnected from NATS at %s", redact_url(self.url))
 
     async def _on_reconnected(self) -> None:
-        log.info("reconnected to NATS at %s", self.url)
+        log.info("reconnected to NATS at %s", redact_url(self.url))
         asyncio.get_running_loop().create_task(self._after_connect())
 
     async def check(self, timeout: float = 1.0) -> str | None:

@@ -33,7 +33,9 @@ from kit.settings import ServiceSettings
 from kit.telemetry import instrument_app, setup_telemetry
 
 __all__ = [
+    "ContextDep",
     "CurrentPrincipal",
+    "OptionalPrincipal",
     "ServiceContext",
     "SessionDep",
     "create_service_app",
@@ -109,6 +111,16 @@ def get_principal(request: Request, ctx: ContextDep) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def get_optional_principal(request: Request, ctx: ContextDep) -> Principal | None:
+    """The caller when credentials are sent (401 if they are wrong), None for anonymous requests."""
+    if not request.headers.get("authorization"):
+        return None
+    return get_principal(request, ctx)
+
+
+OptionalPrincipal = Annotated[Principal | None, Depends(get_optional_principal)]
 
 
 class HealthStatus(BaseModel):
@@ -187,7 +199,12 @@ def create_service_app(
         setup_telemetry(service, node_id=settings.node_id)
         database: Database | None = None
         relay: OutboxRelay | None = None
-        messaging = Messaging(settings.nats_url, name=f"{settings.node_id}-{service}")
+        messaging = Messaging(
+            settings.nats_url,
+            name=f"{settings.node_id}-{service}",
+            credentials_file=str(settings.nats_credentials_file) if settings.nats_credentials_file else None,
+            stream_replicas=settings.nats_stream_replicas,
+        )
         if with_database:
             database = Database(settings.resolved_database_url(service))
             await asyncio.to_thread(database.create_all)
@@ -255,5 +272,7 @@ def serve(app_factory: Callable[[ServiceSettings], FastAPI], settings: ServiceSe
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=10,
     )

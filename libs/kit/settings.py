@@ -40,11 +40,18 @@ class ServiceSettings(BaseSettings):
     data_dir: Path = Path(".maillage")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_credentials_file: Path | None = Field(default=None, description="NATS .creds file (JWT + NKey seed)")
+    nats_stream_replicas: int = Field(
+        default=1, ge=1, le=5, description="replicas of the declared streams (3 in production)"
+    )
     node_id: str = "local"
     territories: Annotated[list[str], NoDecode] = Field(default_factory=list)
     keyring_file: Path | None = None
     secret_key: SecretStr = SecretStr("changethis")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    forwarded_allow_ips: str | None = Field(
+        default=None, description="proxies trusted for X-Forwarded-For (e.g. the ingress controller's addresses)"
+    )
     outbox_poll_interval: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
     outbox_retention_hours: float = Field(default=168.0, gt=0)
