@@ -223,12 +223,12 @@ def create_service_app(
         await messaging.start()
         if relay is not None:
             await relay.start()
+        if on_startup is not None:
+            await on_startup(ctx)  # before the consumers, so they apply events on prepared state
         if consumers is not None:
             ctx.consumers = consumers(ctx)
             for consumer in ctx.consumers:
                 await consumer.start()
-        if on_startup is not None:
-            await on_startup(ctx)
         log.info("%s serving on %s", service, settings.base_url())
         try:
             yield {}

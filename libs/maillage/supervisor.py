@@ -78,6 +78,10 @@ def service_environment(
     }
     if instance.service in NODE_SERVICES:
         settings["TERRITORIES"] = ",".join(instance.territories)
+    if instance.service == "catalog":
+        node = next(n for n in federation.nodes if n.id == instance.node_id)
+        settings["EXCHANGE_URL"] = node.urls.exchange
+        settings["SEED_DEMO"] = "true"
     if instance.service == "registry":
         settings["FEDERATION_FILE"] = str(data_dir.federation_file)
     if instance.service == "gateway":

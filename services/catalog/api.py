@@ -1,41 +1,339 @@
-"""HTTP API of the catalog."""
+"""HTTP API of the catalog: datasets of the hosted territories, the federation directory and federated search.
+
+Tenancy: a node hosts one or several territories. Stewards of a territory create, edit, publish and withdraw its
+datasets; its stewards and DPO read its drafts and history. Published metadata is public. A dataset the caller may
+not see answers 404, as if it did not exist, so drafts of a neighbour on a mutualised node stay invisible.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from pydantic import BaseModel
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Request, Response, status
 from sqlmodel import col, select
 
-from catalog.models import KnownNode, KnownTerritory
-from kit.service import ContextDep, SessionDep
+from catalog import service
+from catalog.config import CatalogSettings
+from catalog.models import Dataset, DatasetState, KnownNode, KnownTerritory
+from catalog.samples import validate_sample
+from catalog.schemas import (
+    DatasetCreate,
+    DatasetOut,
+    DatasetUpdate,
+    HistoryOut,
+    HostedTerritory,
+    KnownNodeOut,
+    KnownTerritoryOut,
+    RevisionOut,
+    SampleReport,
+    WithdrawBody,
+)
+from catalog.service import Publication
+from contracts.identifiers import SubjectTokenError, validate_siren, validate_slug
+from kit.auth import Principal, Role
+from kit.errors import BadRequest, Forbidden, NotFound, Unprocessable
+from kit.service import ContextDep, CurrentPrincipal, OptionalPrincipal, SessionDep
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["federation"])
+router = APIRouter(prefix="/v1")
+
+MAX_SAMPLE_BYTES = 20 * 1024 * 1024
 
 
-class HostedTerritory(BaseModel):
-    siren: str
-    name: str | None
+def hosted_territory(ctx: ContextDep, siren: Annotated[str, Path(description="SIREN of a hosted territory")]) -> str:
+    """The SIREN of the path, validated and hosted on this node."""
+    try:
+        validate_siren(siren)
+    except SubjectTokenError as exc:
+        raise Unprocessable(str(exc), code="dataset.invalid_territory") from exc
+    if siren not in ctx.settings.territories:
+        raise NotFound(f"territory {siren} is not hosted on this node", code="territory.not_hosted")
+    return siren
 
 
-class KnownTerritoryOut(BaseModel):
-    siren: str
-    name: str
-    kind: str
-    population: int
-    communes: list[str]
+def valid_slug(slug: Annotated[str, Path(description="slug of the dataset, [a-z0-9-]")]) -> str:
+    try:
+        return validate_slug(slug)
+    except SubjectTokenError as exc:
+        raise Unprocessable(str(exc), code="dataset.invalid_slug") from exc
 
 
-class KnownNodeOut(BaseModel):
-    id: str
-    name: str
-    hosting_country: str
-    territories: list[str]
-    urls: dict[str, str]
+Territory = Annotated[str, Depends(hosted_territory)]
+SlugDep = Annotated[str, Depends(valid_slug)]
 
 
-@router.get("/territories", response_model=list[HostedTerritory])
+def publication(ctx: ContextDep) -> Publication:
+    """Where this node's datasets are advertised from."""
+    assert isinstance(ctx.settings, CatalogSettings)
+    return Publication.of(ctx.settings, source=ctx.source)
+
+
+PublicationDep = Annotated[Publication, Depends(publication)]
+
+
+def _require_steward(principal: Principal, territory: str) -> None:
+    if not principal.has_role(territory, Role.STEWARD):
+        raise Forbidden(f"only stewards of territory {territory} change its datasets", code="auth.steward_required")
+
+
+def _reads_unpublished(principal: Principal | None, territory: str) -> bool:
+    return principal is not None and (
+        principal.has_role(territory, Role.STEWARD) or principal.has_role(territory, Role.DPO)
+    )
+
+
+def _expected_revision(if_match: str | None) -> int | None:
+    if if_match is None:
+        return None
+    value = if_match.strip().removeprefix("W/").strip('"').removeprefix("r")
+    if not value.isdigit():
+        raise BadRequest('If-Match must be an ETag such as "r3"', code="request.bad_if_match")
+    return int(value)
+
+
+IfMatch = Annotated[str | None, Header(description='ETag of the revision the change is based on, e.g. "r3"')]
+
+
+def _visible(session: SessionDep, territory: str, slug: str, principal: Principal | None) -> tuple[Dataset, bool]:
+    """The dataset and whether the caller sees its unpublished state; 404 when the caller may not see it."""
+    dataset = service.get_dataset(db_session=session, territory=territory, slug=slug)
+    unpublished = _reads_unpublished(principal, territory)
+    if not unpublished and dataset.state is not DatasetState.PUBLISHED:
+        raise NotFound(f"dataset {territory}/{slug} does not exist on this node", code="dataset.not_found")
+    return dataset, unpublished
+
+
+def _out(session: SessionDep, dataset: Dataset, publication: Publication, *, steward_view: bool) -> DatasetOut:
+    shown = dataset.revision if steward_view else dataset.published_revision
+    assert shown is not None
+    row = service.get_revision(db_session=session, territory=dataset.territory, slug=dataset.slug, revision=shown)
+    return DatasetOut(
+        id=dataset.id,
+        territory=dataset.territory,
+        slug=dataset.slug,
+        state=dataset.state,
+        revision=shown,
+        latest_revision=dataset.revision if steward_view else None,
+        published_revision=dataset.published_revision,
+        uri=publication.dataset_uri(dataset.territory, dataset.slug),
+        created=dataset.created_at,
+        modified=row.created_at,
+        published_at=dataset.published_at,
+        metadata=service.revision_metadata(row),
+    )
+
+
+def _etag(response: Response, dataset: Dataset) -> None:
+    response.headers["ETag"] = f'"r{dataset.revision}"'
+
+
+@router.get("/territories/{siren}/datasets", response_model=list[DatasetOut], tags=["datasets"])
+def list_datasets(
+    session: SessionDep, territory: Territory, principal: OptionalPrincipal, pub: PublicationDep
+) -> list[DatasetOut]:
+    """Datasets of a hosted territory: published ones for everyone, drafts too for its stewards and DPO."""
+    unpublished = _reads_unpublished(principal, territory)
+    rows = service.list_datasets(db_session=session, territory=territory, include_unpublished=unpublished)
+    return [_out(session, row, pub, steward_view=unpublished) for row in rows]
+
+
+@router.post(
+    "/territories/{siren}/datasets",
+    response_model=DatasetOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["datasets"],
+)
+def create_dataset(
+    body: DatasetCreate,
+    session: SessionDep,
+    territory: Territory,
+    principal: CurrentPrincipal,
+    pub: PublicationDep,
+    response: Response,
+) -> DatasetOut:
+    """Describe a new dataset (a draft until published). Stewards of the territory only."""
+    _require_steward(principal, territory)
+    dataset = service.create_dataset(
+        db_session=session, territory=territory, slug=body.slug, metadata=body.metadata, actor=principal.subject
+    )
+    session.flush()
+    _etag(response, dataset)
+    response.headers["Location"] = f"/v1/territories/{territory}/datasets/{body.slug}"
+    return _out(session, dataset, pub, steward_view=True)
+
+
+@router.get("/territories/{siren}/datasets/{slug}", response_model=DatasetOut, tags=["datasets"])
+def get_dataset(
+    session: SessionDep,
+    territory: Territory,
+    slug: SlugDep,
+    principal: OptionalPrincipal,
+    pub: PublicationDep,
+    response: Response,
+) -> DatasetOut:
+    """One dataset: the latest revision for its stewards and DPO, the published one for everyone else."""
+    dataset, unpublished = _visible(session, territory, slug, principal)
+    _etag(response, dataset)
+    return _out(session, dataset, pub, steward_view=unpublished)
+
+
+@router.put("/territories/{siren}/datasets/{slug}", response_model=DatasetOut, tags=["datasets"])
+def update_dataset(
+    body: DatasetUpdate,
+    session: SessionDep,
+    territory: Territory,
+    slug: SlugDep,
+    principal: CurrentPrincipal,
+    pub: PublicationDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> DatasetOut:
+    """Replace the metadata (a new revision; published datasets stay advertised as they were until published)."""
+    _require_steward(principal, territory)
+    dataset = service.get_dataset(db_session=session, territory=territory, slug=slug)
+    dataset, _ = service.update_dataset(
+        db_session=session,
+        dataset=dataset,
+        metadata=body.metadata,
+        actor=principal.subject,
+        expected_revision=_expected_revision(if_match),
+    )
+    session.flush()
+    _etag(response, dataset)
+    return _out(session, dataset, pub, steward_view=True)
+
+
+@router.post("/territories/{siren}/datasets/{slug}/publish", response_model=DatasetOut, tags=["datasets"])
+def publish_dataset(
+    session: SessionDep,
+    territory: Territory,
+    slug: SlugDep,
+    principal: CurrentPrincipal,
+    pub: PublicationDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> DatasetOut:
+    """Advertise the latest revision to the federation (idempotent)."""
+    _require_steward(principal, territory)
+    dataset = service.get_dataset(db_session=session, territory=territory, slug=slug)
+    dataset, _ = service.publish_dataset(
+        db_session=session,
+        dataset=dataset,
+        actor=principal.subject,
+        expected_revision=_expected_revision(if_match),
+        publication=pub,
+    )
+    session.flush()
+    _etag(response, dataset)
+    return _out(session, dataset, pub, steward_view=True)
+
+
+@router.post("/territories/{siren}/datasets/{slug}/withdraw", response_model=DatasetOut, tags=["datasets"])
+def withdraw_dataset(
+    session: SessionDep,
+    territory: Territory,
+    slug: SlugDep,
+    principal: CurrentPrincipal,
+    pub: PublicationDep,
+    response: Response,
+    body: WithdrawBody | None = None,
+    if_match: IfMatch = None,
+) -> DatasetOut:
+    """Withdraw a published dataset from the federation; every federated index drops it."""
+    _require_steward(principal, territory)
+    dataset = service.get_dataset(db_session=session, territory=territory, slug=slug)
+    dataset = service.withdraw_dataset(
+        db_session=session,
+        dataset=dataset,
+        actor=principal.subject,
+        reason=body.reason if body else None,
+        expected_revision=_expected_revision(if_match),
+        publication=pub,
+    )
+    session.flush()
+    _etag(response, dataset)
+    return _out(session, dataset, pub, steward_view=True)
+
+
+@router.get("/territories/{siren}/datasets/{slug}/revisions", response_model=list[RevisionOut], tags=["datasets"])
+def list_revisions(
+    session: SessionDep, territory: Territory, slug: SlugDep, principal: CurrentPrincipal
+) -> list[RevisionOut]:
+    """Every revision of a dataset's metadata (stewards and DPO of the territory)."""
+    _visible_unpublished(session, territory, slug, principal)
+    return [
+        RevisionOut(
+            revision=row.revision,
+            content_hash=row.content_hash,
+            author=row.author,
+            created_at=row.created_at,
+            metadata=service.revision_metadata(row),
+        )
+        for row in service.revisions(db_session=session, territory=territory, slug=slug)
+    ]
+
+
+@router.get("/territories/{siren}/datasets/{slug}/history", response_model=list[HistoryOut], tags=["datasets"])
+def dataset_history(
+    session: SessionDep, territory: Territory, slug: SlugDep, principal: CurrentPrincipal
+) -> list[HistoryOut]:
+    """Who created, edited, published and withdrew the dataset, when and why (stewards and DPO)."""
+    _visible_unpublished(session, territory, slug, principal)
+    return [
+        HistoryOut.model_validate(row, from_attributes=True)
+        for row in service.history(db_session=session, territory=territory, slug=slug)
+    ]
+
+
+def _visible_unpublished(session: SessionDep, territory: str, slug: str, principal: Principal) -> Dataset:
+    dataset, unpublished = _visible(session, territory, slug, principal)
+    if not unpublished:
+        raise Forbidden(
+            f"revisions and history are for the stewards and DPO of territory {territory}",
+            code="auth.steward_or_dpo_required",
+        )
+    return dataset
+
+
+@router.post(
+    "/territories/{siren}/datasets/{slug}/validate",
+    response_model=SampleReport,
+    tags=["datasets"],
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
+async def validate_sample_file(
+    request: Request,
+    session: SessionDep,
+    territory: Territory,
+    slug: SlugDep,
+    principal: OptionalPrincipal,
+) -> SampleReport:
+    """Check a sample CSV file against the dataset's Table Schema; errors come with row and field."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_SAMPLE_BYTES:
+        raise Unprocessable(
+            f"samples are limited to {MAX_SAMPLE_BYTES} bytes", code="sample.too_large", status_code=413
+        )
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_SAMPLE_BYTES:
+            raise Unprocessable(
+                f"samples are limited to {MAX_SAMPLE_BYTES} bytes", code="sample.too_large", status_code=413
+            )
+        chunks.append(chunk)
+    dataset, unpublished = _visible(session, territory, slug, principal)
+    revision = dataset.revision if unpublished else dataset.published_revision
+    assert revision is not None
+    row = service.get_revision(db_session=session, territory=territory, slug=slug, revision=revision)
+    return validate_sample(service.revision_metadata(row).table_schema, b"".join(chunks))
+
+
+@router.get("/territories", response_model=list[HostedTerritory], tags=["federation"])
 def hosted_territories(session: SessionDep, ctx: ContextDep) -> list[HostedTerritory]:
     """Territories hosted on this node."""
     out = []
@@ -45,14 +343,14 @@ def hosted_territories(session: SessionDep, ctx: ContextDep) -> list[HostedTerri
     return out
 
 
-@router.get("/federation/territories", response_model=list[KnownTerritoryOut])
+@router.get("/federation/territories", response_model=list[KnownTerritoryOut], tags=["federation"])
 def federation_territories(session: SessionDep) -> list[KnownTerritoryOut]:
     """Every territory of the federation, as this node learnt them from the registry's events."""
     rows = session.exec(select(KnownTerritory).order_by(col(KnownTerritory.siren))).all()
     return [KnownTerritoryOut.model_validate(row, from_attributes=True) for row in rows]
 
 
-@router.get("/federation/nodes", response_model=list[KnownNodeOut])
+@router.get("/federation/nodes", response_model=list[KnownNodeOut], tags=["federation"])
 def federation_nodes(session: SessionDep) -> list[KnownNodeOut]:
     """Every node of the federation, as this node learnt them from the registry's events."""
     rows = session.exec(select(KnownNode).order_by(col(KnownNode.id))).all()
