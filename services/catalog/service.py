@@ -254,7 +254,7 @@ def publish_dataset(
         )
     dataset.state = DatasetState.PUBLISHED
     dataset.published_revision = dataset.revision
-    dataset.published_at = _now()
+    dataset.published_at = dataset.published_at or _now()  # dct:issued: the first publication
     db_session.add(dataset)
     _record(db_session, dataset, DatasetAction.PUBLISHED, actor)
     document = published_document(db_session=db_session, dataset=dataset, publication=publication)
