@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 _ON_COMMIT = "maillage.on_commit"
 
 
-def on_commit(session: Session, callback: Callable[[], None]) -> None:
+def on_commit(session: Session, callback: Callable[[], object]) -> None:
     """Run ``callback`` once ``session``'s transaction has committed (never when it rolls back).
 
     For side effects outside the database (an in-memory index, a cache) that must follow the durable state.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from sqlmodel import col, select
 
 from catalog import service
@@ -28,8 +28,11 @@ from catalog.schemas import (
     SampleReport,
     WithdrawBody,
 )
+from catalog.search import SearchIndex, SearchQuery, SearchResult
 from catalog.service import Publication
+from contracts.datasets import AccessLevel, DataStatus, PublishedDataset
 from contracts.identifiers import SubjectTokenError, validate_siren, validate_slug
+from contracts.vocabularies import DataTheme
 from kit.auth import Principal, Role
 from kit.errors import BadRequest, Forbidden, NotFound, Unprocessable
 from kit.service import ContextDep, CurrentPrincipal, OptionalPrincipal, SessionDep
@@ -355,3 +358,50 @@ def federation_nodes(session: SessionDep) -> list[KnownNodeOut]:
     """Every node of the federation, as this node learnt them from the registry's events."""
     rows = session.exec(select(KnownNode).order_by(col(KnownNode.id))).all()
     return [KnownNodeOut.model_validate(row, from_attributes=True) for row in rows]
+
+
+def get_index(request: Request) -> SearchIndex:
+    index: SearchIndex = request.app.state.index
+    return index
+
+
+IndexDep = Annotated[SearchIndex, Depends(get_index)]
+
+
+@router.get("/search", response_model=SearchResult, tags=["federation"])
+def search(
+    index: IndexDep,
+    q: Annotated[
+        str | None, Query(max_length=500, description="words, all must match (accents and plurals folded)")
+    ] = None,
+    territory: Annotated[list[str] | None, Query(description="SIREN of the publishing territory")] = None,
+    theme: Annotated[list[DataTheme] | None, Query()] = None,
+    status: Annotated[list[DataStatus] | None, Query()] = None,
+    access: Annotated[list[AccessLevel] | None, Query()] = None,
+    licence: Annotated[list[str] | None, Query(description="licence URI")] = None,
+    format: Annotated[list[str] | None, Query(description="CSV, Parquet or API")] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> SearchResult:
+    """Search the federated catalogue (every published dataset of the federation), with facets and pages."""
+    query = SearchQuery(
+        q=q,
+        territory=territory or [],
+        theme=theme or [],
+        status=status or [],
+        access=access or [],
+        licence=licence or [],
+        format=format or [],
+        page=page,
+        per_page=per_page,
+    )
+    return index.search(query)
+
+
+@router.get("/federation/datasets/{siren}/{slug}", response_model=PublishedDataset, tags=["federation"])
+def federated_dataset(index: IndexDep, siren: str, slug: SlugDep) -> PublishedDataset:
+    """A published dataset of any territory of the federation, as advertised to this node."""
+    dataset = index.get(f"{siren}/{slug}")
+    if dataset is None:
+        raise NotFound(f"no dataset {siren}/{slug} is advertised in the federation", code="dataset.not_found")
+    return dataset

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 
 from sqlmodel import Session, col, select
 
@@ -83,7 +83,7 @@ def index_handler(index: SearchIndex) -> MessageHandler:
             row.node, row.revision, row.withdrawn = dataset.node, dataset.revision, False
             row.document, row.event_time = dataset.model_dump(mode="json", by_alias=True), event_time
             session.add(row)
-            on_commit(session, _later(index.upsert, dataset))
+            on_commit(session, partial(index.upsert, dataset))
         elif envelope.type == DatasetWithdrawnV1.cloud_type():
             withdrawn = DatasetWithdrawnV1.model_validate(envelope.data)
             key = f"{withdrawn.territory}/{withdrawn.slug}"
@@ -99,16 +99,9 @@ def index_handler(index: SearchIndex) -> MessageHandler:
             )
             row.withdrawn, row.document, row.event_time = True, None, event_time
             session.add(row)
-            on_commit(session, _later(index.remove, key))
+            on_commit(session, partial(index.remove, key))
 
     return handle
-
-
-def _later(function: Callable[[object], object], argument: object) -> Callable[[], None]:
-    def call() -> None:
-        function(argument)
-
-    return call
 
 
 def load_index(ctx: ServiceContext, index: SearchIndex) -> int:
