@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
-from bench import messaging
-from bench.report import write_section
+from bench import catalog_propagation, catalog_search, messaging
+from bench.report import Result, write_section
 
-BENCHMARKS = {"messaging": messaging.run}
+BENCHMARKS: dict[str, Callable[[], Result]] = {
+    "messaging": messaging.run,
+    "catalog-search": catalog_search.run,
+    "catalog-propagation": catalog_propagation.run,
+}
 
 
 def main(argv: list[str]) -> int:

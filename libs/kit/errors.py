@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
@@ -178,6 +179,14 @@ def install_error_handlers(app: FastAPI) -> None:
         if rid := _request_id(request):
             body["request_id"] = rid
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(request: Request, exc: IntegrityError) -> JSONResponse:
+        # Two requests raced for the same unique row; the loser's transaction was rolled back whole.
+        body = {"error": "resource.conflict", "detail": "a concurrent change won; reload and try again"}
+        if rid := _request_id(request):
+            body["request_id"] = rid
+        return JSONResponse(body, status_code=409)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -7,6 +7,7 @@ and CKAN harvesters expect.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -54,6 +55,16 @@ def _rdf_response(request: Request, graph_bytes: bytes, fmt: str) -> Response:
         headers["Content-Length"] = str(len(graph_bytes))
         return Response(status_code=200, media_type=media_type, headers=headers)
     return Response(graph_bytes, media_type=media_type, headers=headers)
+
+
+def _get_and_head(path: str) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    """Register a GET route (documented) and the same handler for HEAD (answering the GET's headers)."""
+
+    def register(handler: Callable[..., Response]) -> Callable[..., Response]:
+        router.add_api_route(path, handler, methods=["HEAD"], response_class=Response, include_in_schema=False)
+        return router.get(path, response_class=Response)(handler)
+
+    return register
 
 
 PageNumber = Annotated[int, Query(ge=1, le=1_000_000, description="page number, from 1")]
@@ -167,7 +178,7 @@ def _federation_catalog(
     )
 
 
-@router.api_route("/catalog", methods=["GET", "HEAD"], response_class=Response)
+@_get_and_head("/catalog")
 def node_catalog(
     request: Request,
     session: SessionDep,
@@ -180,7 +191,7 @@ def node_catalog(
     return _node_catalog(request, session, settings, pub, None, page, page_size)
 
 
-@router.api_route("/catalog.{extension}", methods=["GET", "HEAD"], response_class=Response)
+@_get_and_head("/catalog.{extension}")
 def node_catalog_file(
     request: Request,
     extension: str,
@@ -194,7 +205,7 @@ def node_catalog_file(
     return _node_catalog(request, session, settings, pub, extension, page, page_size)
 
 
-@router.api_route("/federation/catalog", methods=["GET", "HEAD"], response_class=Response)
+@_get_and_head("/federation/catalog")
 def federation_catalog(
     request: Request,
     session: SessionDep,
@@ -206,7 +217,7 @@ def federation_catalog(
     return _federation_catalog(request, session, settings, None, page, page_size)
 
 
-@router.api_route("/federation/catalog.{extension}", methods=["GET", "HEAD"], response_class=Response)
+@_get_and_head("/federation/catalog.{extension}")
 def federation_catalog_file(
     request: Request,
     extension: str,
@@ -219,7 +230,7 @@ def federation_catalog_file(
     return _federation_catalog(request, session, settings, extension, page, page_size)
 
 
-@router.api_route("/datasets/{siren}/{slug}", methods=["GET", "HEAD"], response_class=Response)
+@_get_and_head("/datasets/{siren}/{slug}")
 def dataset_uri(
     request: Request, session: SessionDep, territory: Territory, slug: SlugDep, pub: PublicationDep
 ) -> Response:
