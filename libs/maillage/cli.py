@@ -286,6 +286,15 @@ def _print_federation(
     console.print(
         f'\nTry: curl -H "Authorization: Bearer {steward.secret}" {node_url}/v1/whoami', soft_wrap=True, markup=False
     )
+    other = next((n.urls.catalog for n in federation.nodes if n.urls.catalog != node_url), node_url)
+    console.print(
+        f"     curl -G --data-urlencode 'q=vélos' {other}/v1/search   (federated search, any node)",
+        soft_wrap=True,
+        markup=False,
+    )
+    console.print(
+        f"     curl -H 'Accept: text/turtle' {node_url}/catalog   (DCAT-AP export)", soft_wrap=True, markup=False
+    )
 
 
 def _catalog_url_of(federation: Federation, siren: str | None) -> str | None:

@@ -57,6 +57,13 @@ def test_demo_federation_end_to_end(demo: UpProcess):
         return all(check(client.get(f"{url}/v1/federation/territories").json()) for url in catalogs)
 
     eventually(lambda: directory_everywhere(lambda ts: {t["siren"] for t in ts} == SIRENS), "the directory")
+    # Every node seeds the demo datasets of its territories; every node's federated index holds all sixteen.
+    eventually(
+        lambda: all(client.get(f"{url}/v1/search").json()["total"] == 16 for url in catalogs),
+        "the 16 demo datasets in every federated index",
+    )
+    hit = client.get(f"{catalogs[2]}/v1/search", params={"q": "velos", "territory": DIJON}).json()["results"]
+    assert [h["id"] for h in hit] == [f"{DIJON}/comptages-velo"]
 
     keys = {key.label: key.secret for key in read_keys_file(demo.data_dir / "keys.txt")}
     for label in ("admin", f"steward-{DIJON}", f"dpo-{DIJON}"):
