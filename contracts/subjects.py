@@ -7,13 +7,14 @@ Convention: ``<domain>.<entity>.<action>.<key tokens>`` for events (captured by 
 
 from __future__ import annotations
 
-from contracts.identifiers import validate_node_id, validate_siren, validate_slug
+from contracts.identifiers import validate_node_id, validate_siren, validate_siret, validate_slug
 
 __all__ = [
     "catalog_dataset_upserted",
     "catalog_dataset_withdrawn",
     "dead_letter",
     "registry_node_registered",
+    "registry_organisation_admitted",
     "registry_territory_registered",
 ]
 
@@ -32,6 +33,10 @@ def catalog_dataset_upserted(siren: str, slug: str) -> str:
 
 def catalog_dataset_withdrawn(siren: str, slug: str) -> str:
     return f"catalog.dataset.withdrawn.{validate_siren(siren)}.{validate_slug(slug)}"
+
+
+def registry_organisation_admitted(siret: str) -> str:
+    return f"registry.organisation.admitted.{validate_siret(siret)}"
 
 
 def dead_letter(consumer: str) -> str:

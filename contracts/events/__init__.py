@@ -2,7 +2,7 @@
 
 from contracts.events.base import CLOUD_TYPE_PREFIX, Event, event_class, event_classes, register
 from contracts.events.catalog import DatasetUpsertedV1, DatasetWithdrawnV1
-from contracts.events.registry import NodeRegisteredV1, TerritoryRegisteredV1
+from contracts.events.registry import NodeRegisteredV1, OrganisationAdmittedV1, TerritoryRegisteredV1
 
 __all__ = [
     "CLOUD_TYPE_PREFIX",
@@ -10,6 +10,7 @@ __all__ = [
     "DatasetWithdrawnV1",
     "Event",
     "NodeRegisteredV1",
+    "OrganisationAdmittedV1",
     "TerritoryRegisteredV1",
     "event_class",
     "event_classes",

@@ -8,9 +8,9 @@ from pydantic import Field, HttpUrl
 
 from contracts import subjects
 from contracts.events.base import Event, register
-from contracts.identifiers import NodeId, Siren
+from contracts.identifiers import NodeId, Siren, Siret
 
-__all__ = ["NodeRegisteredV1", "TerritoryRegisteredV1"]
+__all__ = ["NodeRegisteredV1", "OrganisationAdmittedV1", "TerritoryRegisteredV1"]
 
 TerritoryKind = Literal["METRO", "CU", "CA", "CC", "COMMUNE", "SYNDICAT"]
 
@@ -59,3 +59,22 @@ class NodeRegisteredV1(Event):
 
     def entity(self) -> str:
         return f"node/{self.node_id}"
+
+
+@register
+class OrganisationAdmittedV1(Event):
+    event_name: ClassVar[str] = "registry.organisation.admitted"
+    version: ClassVar[int] = 1
+    summary: ClassVar[str] = "A partner organisation was admitted to the federation."
+    subject_pattern: ClassVar[str] = "registry.organisation.admitted.{siret}"
+    subject_parameters: ClassVar[dict[str, str]] = {"siret": "SIRET of the organisation (fourteen digits)"}
+    producer: ClassVar[str] = "registry"
+
+    siret: Siret
+    name: str = Field(min_length=1, max_length=200)
+
+    def subject(self) -> str:
+        return subjects.registry_organisation_admitted(self.siret)
+
+    def entity(self) -> str:
+        return f"organisation/{self.siret}"

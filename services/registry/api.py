@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Path
 
 from contracts.identifiers import SubjectTokenError, validate_siren
+from kit.auth import Principal
 from kit.errors import Forbidden, Unprocessable
 from kit.service import ContextDep, CurrentPrincipal, SessionDep
 from registry import service
-from registry.schemas import NodeOut, TerritoryIn, TerritoryOut
+from registry.schemas import NodeOut, OrganisationIn, OrganisationOut, TerritoryIn, TerritoryOut
 
 __all__ = ["router"]
 
@@ -38,8 +39,7 @@ def put_territory(
     body: TerritoryIn, session: SessionDep, ctx: ContextDep, principal: CurrentPrincipal, siren: str = SirenPath
 ) -> TerritoryOut:
     """Register or update a territory (federation operators only)."""
-    if not principal.is_operator:
-        raise Forbidden("only federation operators change the directory", code="auth.operator_required")
+    require_operator(principal)
     try:
         validate_siren(siren)
     except SubjectTokenError as exc:
@@ -52,3 +52,35 @@ def put_territory(
 def list_nodes(session: SessionDep) -> list[NodeOut]:
     """Nodes of the federation and the territories each hosts (public)."""
     return [NodeOut.model_validate(n, from_attributes=True) for n in service.list_nodes(db_session=session)]
+
+
+def require_operator(principal: Principal) -> None:
+    """Federation operators only."""
+    if not principal.is_operator:
+        raise Forbidden("only federation operators do this", code="auth.operator_required")
+
+
+@router.post("/organisations", response_model=OrganisationOut, status_code=201, tags=["directory"])
+def admit_organisation(
+    body: OrganisationIn, session: SessionDep, ctx: ContextDep, principal: CurrentPrincipal
+) -> OrganisationOut:
+    """Admit a partner organisation (federation operators only)."""
+    require_operator(principal)
+    organisation = service.admit_organisation(db_session=session, body=body, source=ctx.source)
+    return OrganisationOut.model_validate(organisation, from_attributes=True)
+
+
+@router.get("/organisations", response_model=list[OrganisationOut], tags=["directory"])
+def list_organisations(session: SessionDep) -> list[OrganisationOut]:
+    """Partner organisations of the federation (public: the register names them)."""
+    return [
+        OrganisationOut.model_validate(o, from_attributes=True) for o in service.list_organisations(db_session=session)
+    ]
+
+
+@router.get("/organisations/{siret}", response_model=OrganisationOut, tags=["directory"])
+def get_organisation(session: SessionDep, siret: str) -> OrganisationOut:
+    """One partner organisation."""
+    return OrganisationOut.model_validate(
+        service.get_organisation(db_session=session, siret=siret), from_attributes=True
+    )

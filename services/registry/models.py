@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import JSON
 from sqlmodel import Column, Field, SQLModel
 
-__all__ = ["Node", "Territory"]
+__all__ = ["Node", "Organisation", "Territory"]
 
 
 def _utcnow() -> datetime:
@@ -37,4 +37,16 @@ class Node(SQLModel, table=True):
     hosting_country: str = Field(max_length=2)
     territories: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     urls: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(default_factory=_utcnow)
+
+
+class Organisation(SQLModel, table=True):
+    """A partner organisation of the federation (company, lab, association), identified by its SIRET."""
+
+    __tablename__ = "organisation"
+
+    siret: str = Field(primary_key=True, max_length=14)
+    name: str = Field(max_length=200)
+    contact_email: str = Field(max_length=254, description="a functional mailbox of the organisation")
+    created_at: datetime = Field(default_factory=_utcnow)
     updated_at: datetime = Field(default_factory=_utcnow)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, HttpUrl
 
 from contracts.events.registry import TerritoryKind
-from contracts.identifiers import NodeId, Siren
+from contracts.identifiers import NodeId, Siren, Siret
 
-__all__ = ["FederationFile", "NodeOut", "TerritoryIn", "TerritoryOut"]
+__all__ = ["FederationFile", "NodeOut", "OrganisationIn", "OrganisationOut", "TerritoryIn", "TerritoryOut"]
 
 
 class TerritoryIn(BaseModel):
@@ -70,3 +71,20 @@ class FederationFile(BaseModel):
     version: Literal[1] = 1
     territories: list[_FederationTerritory]
     nodes: list[_FederationNode]
+
+
+class OrganisationIn(BaseModel):
+    """A partner organisation joining the federation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    siret: Siret
+    name: str = Field(min_length=1, max_length=200)
+    contact_email: EmailStr
+
+
+class OrganisationOut(BaseModel):
+    siret: str
+    name: str
+    contact_email: str
+    created_at: datetime

@@ -7,13 +7,22 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from contracts.events.registry import NodeRegisteredV1, TerritoryRegisteredV1
-from kit.errors import NotFound
+from contracts.events.registry import NodeRegisteredV1, OrganisationAdmittedV1, TerritoryRegisteredV1
+from kit.errors import Conflict, NotFound
 from kit.outbox import enqueue
-from registry.models import Node, Territory
-from registry.schemas import FederationFile, TerritoryIn
+from registry.models import Node, Organisation, Territory
+from registry.schemas import FederationFile, OrganisationIn, TerritoryIn
 
-__all__ = ["get_territory", "list_nodes", "list_territories", "seed_directory", "upsert_territory"]
+__all__ = [
+    "admit_organisation",
+    "get_organisation",
+    "list_organisations",
+    "get_territory",
+    "list_nodes",
+    "list_territories",
+    "seed_directory",
+    "upsert_territory",
+]
 
 
 def _now() -> datetime:
@@ -95,3 +104,30 @@ def seed_directory(*, db_session: Session, federation: FederationFile, source: s
         )
         changed += _upsert_node(db_session=db_session, event=event, source=source)
     return changed
+
+
+def admit_organisation(*, db_session: Session, body: OrganisationIn, source: str) -> Organisation:
+    """Register a partner organisation; Conflict when its SIRET is already known."""
+    if db_session.get(Organisation, body.siret) is not None:
+        raise Conflict(f"organisation {body.siret} is already registered", code="organisation.exists")
+    organisation = Organisation(siret=body.siret, name=body.name, contact_email=str(body.contact_email))
+    db_session.add(organisation)
+    enqueue(
+        db_session,
+        OrganisationAdmittedV1(siret=organisation.siret, name=organisation.name),
+        source=source,
+    )
+    return organisation
+
+
+def get_organisation(*, db_session: Session, siret: str) -> Organisation:
+    """One partner organisation; NotFound otherwise."""
+    organisation = db_session.get(Organisation, siret)
+    if organisation is None:
+        raise NotFound(f"organisation {siret} is not registered", code="organisation.not_found")
+    return organisation
+
+
+def list_organisations(*, db_session: Session) -> list[Organisation]:
+    """Every partner organisation, by SIRET."""
+    return list(db_session.exec(select(Organisation).order_by(col(Organisation.siret))).all())
