@@ -7,12 +7,16 @@ Convention: ``<domain>.<entity>.<action>.<key tokens>`` for events (captured by 
 
 from __future__ import annotations
 
-from contracts.identifiers import validate_node_id, validate_siren, validate_siret, validate_slug
+import re
+
+from contracts.identifiers import SubjectTokenError, validate_node_id, validate_siren, validate_siret, validate_slug
 
 __all__ = [
     "catalog_dataset_upserted",
     "catalog_dataset_withdrawn",
     "dead_letter",
+    "registry_agreement",
+    "registry_apikey",
     "registry_node_registered",
     "registry_organisation_admitted",
     "registry_territory_registered",
@@ -39,5 +43,42 @@ def registry_organisation_admitted(siret: str) -> str:
     return f"registry.organisation.admitted.{validate_siret(siret)}"
 
 
+_AGREEMENT_ACTIONS = frozenset(
+    {
+        "requested",
+        "offered",
+        "countered",
+        "accepted",
+        "approved",
+        "activated",
+        "suspended",
+        "resumed",
+        "revoked",
+        "terminated",
+        "expired",
+        "rejected",
+    }
+)
+
+
+def registry_agreement(action: str, agreement_id: str) -> str:
+    if action not in _AGREEMENT_ACTIONS:
+        raise SubjectTokenError(f"unknown agreement action {action!r}")
+    return f"registry.agreement.{action}.{validate_slug(agreement_id)}"
+
+
 def dead_letter(consumer: str) -> str:
     return f"deadletter.{validate_slug(consumer)}"
+
+
+_APIKEY_ACTIONS = frozenset({"created", "rotated", "revoked", "expired"})
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def registry_apikey(action: str, key_id: str) -> str:
+    """``registry.apikey.<action>.<key id>``: the key id must be a lowercase canonical UUID."""
+    if action not in _APIKEY_ACTIONS:
+        raise SubjectTokenError(f"unknown API key action {action!r}")
+    if not isinstance(key_id, str) or _UUID_RE.fullmatch(key_id) is None:
+        raise SubjectTokenError(f"API key id must be a lowercase UUID, got {key_id!r}")
+    return f"registry.apikey.{action}.{key_id}"

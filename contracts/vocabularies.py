@@ -11,6 +11,8 @@ from enum import StrEnum
 
 __all__ = [
     "DATA_THEME_BASE",
+    "DPV_BASE",
+    "DPV_PURPOSES",
     "FREQUENCY_BASE",
     "LICENCES",
     "DataTheme",
@@ -113,3 +115,25 @@ class LegalBasis(StrEnum):
 def legal_basis_iri(basis: LegalBasis) -> str:
     """The W3C DPV-GDPR IRI of a legal basis."""
     return f"https://w3id.org/dpv/legal/eu/gdpr#{basis.value}"
+
+
+DPV_BASE = "https://w3id.org/dpv#"
+
+DPV_PURPOSES: dict[str, str] = {
+    f"{DPV_BASE}{concept}": label
+    for concept, label in (
+        ("ServiceProvision", "Fourniture d'un service"),
+        ("ServiceOptimisation", "Optimisation d'un service"),
+        ("ResearchAndDevelopment", "Recherche et développement"),
+        ("AcademicResearch", "Recherche académique"),
+        ("ScientificResearch", "Recherche scientifique"),
+        ("NonCommercialResearch", "Recherche non commerciale"),
+        ("CommercialResearch", "Recherche commerciale"),
+        ("OrganisationGovernance", "Gouvernance de l'organisation"),
+        ("LegalCompliance", "Respect d'une obligation légale"),
+        ("FulfilmentOfObligation", "Exécution d'une obligation"),
+        ("EnforceSecurity", "Sécurité"),
+        ("PublicRelations", "Information du public"),
+    )
+}
+"""W3C DPV purposes accepted in agreements and consent records, with a French label."""

@@ -2,9 +2,23 @@
 
 from contracts.events.base import CLOUD_TYPE_PREFIX, Event, event_class, event_classes, register
 from contracts.events.catalog import DatasetUpsertedV1, DatasetWithdrawnV1
-from contracts.events.registry import NodeRegisteredV1, OrganisationAdmittedV1, TerritoryRegisteredV1
+from contracts.events.registry import (
+    AgreementTransitionedV1,
+    ApiKeyCreatedV1,
+    ApiKeyExpiredV1,
+    ApiKeyRevokedV1,
+    ApiKeyRotatedV1,
+    NodeRegisteredV1,
+    OrganisationAdmittedV1,
+    TerritoryRegisteredV1,
+)
 
 __all__ = [
+    "AgreementTransitionedV1",
+    "ApiKeyCreatedV1",
+    "ApiKeyExpiredV1",
+    "ApiKeyRevokedV1",
+    "ApiKeyRotatedV1",
     "CLOUD_TYPE_PREFIX",
     "DatasetUpsertedV1",
     "DatasetWithdrawnV1",

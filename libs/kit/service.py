@@ -192,6 +192,7 @@ def create_service_app(
     consumers: ConsumerFactory | None = None,
     with_database: bool = True,
     on_startup: Callable[[ServiceContext], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[ServiceContext], Awaitable[None]] | None = None,
 ) -> FastAPI:
     """A FastAPI app with the kit's lifespan, error model, health endpoints, request ids and telemetry."""
 
@@ -234,6 +235,8 @@ def create_service_app(
         try:
             yield {}
         finally:
+            if on_shutdown is not None:
+                await on_shutdown(ctx)
             for consumer in ctx.consumers:
                 await consumer.stop()
             if relay is not None:

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
+from functools import partial
 
 from fastapi import FastAPI
 
+from kit.db import on_commit
 from kit.service import ServiceContext, create_service_app
 from kit.settings import ServiceSettings
-from registry import service
+from registry import agreements, service
+from registry.agreements import Action
+from registry.agreements_api import router as agreements_router
 from registry.api import router
 from registry.config import RegistrySettings
+from registry.datasets import datasets_consumer
+from registry.grants import GrantMaterializer
+from registry.register import router as register_router
 from registry.schemas import FederationFile
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "expire_due"]
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +35,80 @@ def _seed(ctx: ServiceContext, settings: RegistrySettings) -> int:
         return service.seed_directory(db_session=session, federation=federation, source=ctx.source)
 
 
+def expire_due(ctx: ServiceContext, materializer: GrantMaterializer) -> int:
+    """Expire every active or suspended agreement past its valid_until; returns how many."""
+    assert ctx.database is not None
+    expired = 0
+    with ctx.database.session() as session:
+        due = [a.id for a in agreements.due_for_expiry(db_session=session, now=datetime.now(UTC))]
+    for agreement_id in due:
+        with ctx.database.unit_of_work() as session:
+            agreement = agreements.get_agreement(db_session=session, agreement_id=agreement_id)
+            if agreement.state not in agreements.ACTIONS[Action.EXPIRE].sources:
+                continue
+            agreements.transition(
+                db_session=session,
+                agreement=agreement,
+                action=Action.EXPIRE,
+                principal=None,
+                reason="valid_until",
+                terms=None,
+                expected_version=None,
+                source=ctx.source,
+            )
+            on_commit(session, partial(materializer.notify, agreement_id))
+            expired += 1
+    return expired
+
+
+async def _expiry_loop(ctx: ServiceContext, materializer: GrantMaterializer, interval: float) -> None:
+    while True:
+        try:
+            count = await asyncio.to_thread(expire_due, ctx, materializer)
+            if count:
+                log.info("%d agreement(s) expired", count)
+        except Exception as exc:  # noqa: BLE001 - try again at the next period
+            log.warning("expiry check failed: %s", exc)
+        await asyncio.sleep(interval)
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """Build the registry app (settings from the environment by default)."""
     registry_settings = settings if isinstance(settings, RegistrySettings) else RegistrySettings()
+    tasks: list[asyncio.Task[None]] = []
 
     async def on_startup(ctx: ServiceContext) -> None:
         changed = await asyncio.to_thread(_seed, ctx, registry_settings)
         if changed:
             log.info("directory seeded from %s: %d entries changed", registry_settings.federation_file, changed)
+        assert ctx.database is not None
+        materializer = GrantMaterializer(
+            ctx.database, ctx.messaging, interval=registry_settings.grants_reconcile_interval
+        )
+        await materializer.start()
+        app.state.grants = materializer
+        tasks.append(
+            asyncio.create_task(
+                _expiry_loop(ctx, materializer, registry_settings.expiry_check_interval), name="agreement-expiry"
+            )
+        )
 
-    return create_service_app(
+    async def on_shutdown(ctx: ServiceContext) -> None:
+        for task in tasks:
+            task.cancel()
+        await app.state.grants.stop()
+
+    app = create_service_app(
         service="registry",
         settings=registry_settings,
         title="Maillage registry",
-        description="Federation directory, sharing agreements, federated API keys and the public register.",
-        routers=[router],
+        description=(
+            "Federation directory, sharing agreements (negotiation, DPO review, lifecycle), grants materialised in "
+            "NATS KV, federated API keys and the public register."
+        ),
+        routers=[router, agreements_router, register_router],
+        consumers=lambda ctx: [datasets_consumer(ctx)],
         on_startup=on_startup,
+        on_shutdown=on_shutdown,
     )
+    return app

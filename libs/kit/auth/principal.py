@@ -43,8 +43,11 @@ class Principal(BaseModel):
         return "operator" in self.realm_roles
 
     def has_role(self, territory: str, role: Role) -> bool:
-        """True when the principal holds ``role`` in ``territory`` (operators hold every role)."""
-        return self.is_operator or role in self.territory_roles.get(territory, frozenset())
+        """True when the principal holds ``role`` in ``territory``.
+
+        Operators run the federation; they hold no territory role unless one is given to them (least privilege).
+        """
+        return role in self.territory_roles.get(territory, frozenset())
 
     def territories_with(self, role: Role) -> set[str]:
         return {siren for siren, roles in self.territory_roles.items() if role in roles}

@@ -75,4 +75,4 @@ def test_roles_are_per_territory():
     assert not principal.has_role("242100410", Role.STEWARD)
     assert principal.territories_with(Role.ANALYST) == {"242100410"}
     operator = Principal(subject="op", realm_roles=frozenset({"operator"}), auth_method=AuthMethod.OIDC)
-    assert operator.has_role("242100410", Role.DPO)
+    assert operator.is_operator and not operator.has_role("242100410", Role.DPO)  # least privilege
