@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import catalog_propagation, catalog_search, messaging
+from bench import catalog_propagation, catalog_search, messaging, registry
 from bench.report import Result, write_section
 
 BENCHMARKS: dict[str, Callable[[], Result]] = {
     "messaging": messaging.run,
     "catalog-search": catalog_search.run,
     "catalog-propagation": catalog_propagation.run,
+    "registry": registry.run,
 }
 
 

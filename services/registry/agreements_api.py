@@ -242,6 +242,7 @@ def transition(
     if replay is not None:
         return replay
     agreement = _visible(session, agreement_id, principal)
+    was_active = agreement.state is AgreementState.ACTIVE
     agreement = agreements.transition(
         db_session=session,
         agreement=agreement,
@@ -252,8 +253,10 @@ def transition(
         expected_version=_expected_version(if_match),
         source=ctx.source,
     )
-    grants: GrantMaterializer = request.app.state.grants
-    on_commit(session, partial(grants.notify, agreement.id))
+    if was_active or agreement.state is AgreementState.ACTIVE:
+        # The grant appears or disappears only when the agreement enters or leaves ACTIVE.
+        grants: GrantMaterializer = request.app.state.grants
+        on_commit(session, partial(grants.notify, agreement.id))
     out = _out(session, agreement, principal).model_dump(mode="json")
     if idempotency_key is not None:
         idempotency.remember(
