@@ -369,6 +369,11 @@ class DatasetMetadata(BaseModel):
     hosting: Hosting
     legal_basis: LegalBasis | None = Field(default=None, description="GDPR art. 6 basis, for personal data")
     version: Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")] = "1.0.0"
+    external_csv_url: HttpUrl | None = Field(
+        default=None,
+        description="open data served elsewhere than by the node's exchange (e.g. the registry's public register): "
+        "its only distribution is this CSV",
+    )
 
     @field_validator("licence")
     @classmethod
@@ -405,6 +410,8 @@ class DatasetMetadata(BaseModel):
             raise ValueError("legal_basis applies to personal data only")
         if self.access is AccessLevel.OPEN and self.licence is None:
             raise ValueError("an open dataset needs a licence (licence URI)")
+        if self.external_csv_url is not None and self.access is not AccessLevel.OPEN:
+            raise ValueError("external_csv_url is for open data only")
         if self.retention is not None:
             column = schema.field(self.retention.time_column)
             if column is None:
@@ -442,4 +449,6 @@ class PublishedDataset(BaseModel):
 
 def distribution_formats(metadata: DatasetMetadata) -> tuple[str, ...]:
     """Formats a dataset is distributed in: files for open data, the query service otherwise."""
-    return ("CSV", "Parquet") if metadata.access is AccessLevel.OPEN else ("API",)
+    if metadata.access is not AccessLevel.OPEN:
+        return ("API",)
+    return ("CSV",) if metadata.external_csv_url is not None else ("CSV", "Parquet")

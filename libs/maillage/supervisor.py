@@ -82,6 +82,7 @@ def service_environment(
         node = next(n for n in federation.nodes if n.id == instance.node_id)
         settings["EXCHANGE_URL"] = node.urls.exchange
         settings["SEED_DEMO"] = "true"
+        settings["REGISTRY_URL"] = federation.registry_url
     if instance.service == "registry":
         settings["FEDERATION_FILE"] = str(data_dir.federation_file)
     if instance.service == "gateway":

@@ -33,7 +33,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         log.info("federated index loaded: %d datasets", count)
         if catalog_settings.seed_demo:
             publication = Publication.of(catalog_settings, source=ctx.source)
-            tasks.add(asyncio.create_task(seed_demo(ctx, publication), name="catalog-demo-seed"))
+            seeding = seed_demo(ctx, publication, registry_url=catalog_settings.registry_url)
+            tasks.add(asyncio.create_task(seeding, name="catalog-demo-seed"))
 
     app = create_service_app(
         service="catalog",

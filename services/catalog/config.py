@@ -16,6 +16,7 @@ class CatalogSettings(ServiceSettings):
     exchange_url: str | None = Field(default=None, description="this node's exchange; default: port + 1")
     uri_base: str | None = Field(default=None, description="base of stable dataset URIs; default: public URL")
     catalog_title: str = "Catalogue Maillage"
+    registry_url: str | None = Field(default=None, description="the federation registry (public register)")
     seed_demo: bool = Field(default=False, description="publish the demo datasets of hosted territories that have none")
 
     def exchange_base_url(self) -> str:

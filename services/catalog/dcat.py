@@ -360,9 +360,11 @@ def _provenance(dataset: PublishedDataset) -> str:
 def _file_distribution(graph: Graph, dataset: PublishedDataset, file_format: str) -> URIRef:
     metadata = dataset.metadata
     extension, file_type, media_type = _FILES[file_format]
-    url = URIRef(
-        f"{_base(dataset.exchange_url)}/v1/territories/{dataset.territory}/datasets/{dataset.slug}/data.{extension}"
-    )
+    if metadata.external_csv_url is not None:
+        url = URIRef(str(metadata.external_csv_url))
+    else:
+        exchange = _base(dataset.exchange_url)
+        url = URIRef(f"{exchange}/v1/territories/{dataset.territory}/datasets/{dataset.slug}/data.{extension}")
     node = URIRef(f"{dataset.uri}/distributions/{extension}")
     graph.add((node, RDF.type, DCAT.Distribution))
     graph.add((node, DCT.title, Literal(f"{metadata.title} ({file_format})", lang="fr")))

@@ -1,15 +1,16 @@
-"""Seed the demo datasets of the hosted territories that have none yet (``MAILLAGE_CATALOG_SEED_DEMO=1``)."""
+"""Seed the demo datasets the hosted territories lack (``MAILLAGE_CATALOG_SEED_DEMO=1``), and each territory's
+part of the public register when the registry's URL is known."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from sqlmodel import col, func, select
+from sqlmodel import col, select
 
 from catalog import service
 from catalog.models import Dataset, KnownTerritory
-from catalog.seeds import SeedTerritory, demo_datasets
+from catalog.seeds import REGISTER_SLUG, SeedTerritory, demo_datasets, register_dataset
 from catalog.service import Publication
 from kit.service import ServiceContext
 
@@ -19,17 +20,21 @@ log = logging.getLogger(__name__)
 SEED_ACTOR = "demo-seed"
 
 
-def _seed_territory(ctx: ServiceContext, publication: Publication, siren: str) -> int:
+def _seed_territory(ctx: ServiceContext, publication: Publication, siren: str, registry_url: str | None) -> int:
     assert ctx.database is not None
     with ctx.database.unit_of_work() as session:
-        existing = session.exec(select(func.count()).select_from(Dataset).where(col(Dataset.territory) == siren)).one()
-        if existing:
-            return 0
         known = session.get(KnownTerritory, siren)
         if known is None:
             return -1
         territory = SeedTerritory(siren, known.name, tuple(known.communes), publication.node)
-        for slug, metadata in demo_datasets(territory):
+        wanted = demo_datasets(territory)
+        if registry_url is not None:
+            wanted.append((REGISTER_SLUG, register_dataset(territory, registry_url)))
+        existing = set(session.exec(select(Dataset.slug).where(col(Dataset.territory) == siren)).all())
+        seeded = 0
+        for slug, metadata in wanted:
+            if slug in existing:
+                continue
             dataset = service.create_dataset(
                 db_session=session, territory=siren, slug=slug, metadata=metadata, actor=SEED_ACTOR
             )
@@ -37,17 +42,21 @@ def _seed_territory(ctx: ServiceContext, publication: Publication, siren: str) -
             service.publish_dataset(
                 db_session=session, dataset=dataset, actor=SEED_ACTOR, expected_revision=None, publication=publication
             )
-        return len(demo_datasets(territory))
+            seeded += 1
+        return seeded
 
 
-async def seed_demo(ctx: ServiceContext, publication: Publication, *, timeout: float = 60.0) -> None:
-    """Publish the demo datasets of every hosted territory without datasets, once the directory names it."""
+async def seed_demo(
+    ctx: ServiceContext, publication: Publication, *, registry_url: str | None = None, timeout: float = 60.0
+) -> None:
+    """Publish the demo datasets (and the register, with a registry) that hosted territories lack, once the directory
+    names them."""
     pending = list(ctx.settings.territories)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while pending and loop.time() < deadline:
         for siren in list(pending):
-            seeded = await asyncio.to_thread(_seed_territory, ctx, publication, siren)
+            seeded = await asyncio.to_thread(_seed_territory, ctx, publication, siren, registry_url)
             if seeded >= 0:
                 pending.remove(siren)
                 if seeded:

@@ -28,7 +28,15 @@ from contracts.datasets import (
 )
 from contracts.vocabularies import DataTheme, Frequency, LegalBasis
 
-__all__ = ["BIKE_COUNT_SCHEMA_URL", "SeedTerritory", "bike_count_schema", "demo_datasets", "demo_published"]
+__all__ = [
+    "BIKE_COUNT_SCHEMA_URL",
+    "REGISTER_SLUG",
+    "SeedTerritory",
+    "bike_count_schema",
+    "demo_datasets",
+    "demo_published",
+    "register_dataset",
+]
 
 LICENCE_OUVERTE = "https://www.etalab.gouv.fr/licence-ouverte-open-licence/"
 BIKE_COUNT_SCHEMA_URL = "https://raw.githubusercontent.com/etalab/schema-comptage-mobilites/v0.2.4/measure/schema.json"
@@ -221,3 +229,54 @@ def demo_published(territory: SeedTerritory, *, catalog_url: str, exchange_url: 
         )
         for slug, metadata in demo_datasets(territory)
     ]
+
+
+REGISTER_SLUG = "registre-des-conventions"
+
+
+def register_dataset(territory: SeedTerritory, registry_url: str) -> DatasetMetadata:
+    """The territory's part of the public register of agreements, as an open dataset served by the registry."""
+    text_fields = [
+        ("agreement_id", "Identifiant de la convention"),
+        ("provider_siren", "SIREN du territoire fournisseur"),
+        ("provider_name", "Territoire fournisseur"),
+        ("consumer_id", "SIREN ou SIRET du bénéficiaire"),
+        ("consumer_name", "Bénéficiaire"),
+        ("dataset", "Jeu de données"),
+        ("purpose_iri", "Finalité (W3C DPV)"),
+        ("purpose_label", "Finalité"),
+        ("purpose_text", "Finalité détaillée"),
+        ("legal_basis", "Base légale (RGPD art. 6)"),
+    ]
+    fields: list[dict[str, Any]] = [{"name": name, "type": "string", "title": title} for name, title in text_fields]
+    fields += [
+        {"name": "valid_from", "type": "datetime", "title": "Début de validité"},
+        {"name": "valid_until", "type": "datetime", "title": "Fin de validité"},
+        {
+            "name": "state",
+            "type": "string",
+            "title": "État",
+            "constraints": {"enum": ["ACTIVE", "SUSPENDED", "REVOKED", "TERMINATED", "EXPIRED"]},
+        },
+        {"name": "in_force_since", "type": "datetime", "title": "En vigueur depuis"},
+        {"name": "ended_at", "type": "datetime", "title": "Fin"},
+    ]
+    return DatasetMetadata(
+        title=f"Registre des conventions de partage de données — {territory.name}",
+        description=(
+            f"Toutes les conventions par lesquelles {territory.name} a permis à un tiers de calculer sur ses données, "
+            "en cours ou passées : bénéficiaire, jeu de données, finalité, base légale, période et état. Tenu à jour "
+            "par le registre de la fédération Maillage."
+        ),
+        theme=[DataTheme.GOVE],
+        keywords=["transparence", "conventions", "partage de données", "registre"],
+        status=DataStatus.PUBLIC,
+        access=AccessLevel.OPEN,
+        licence=LICENCE_OUVERTE,
+        contact_point=_contact(territory, "Délégué à la protection des données"),
+        spatial=_spatial(territory),
+        frequency=Frequency.CONT,
+        table_schema=TableSchema.model_validate({"fields": fields, "primaryKey": "agreement_id"}),
+        hosting=Hosting(node=territory.node, country="FR"),
+        external_csv_url=f"{registry_url.rstrip('/')}/v1/register.csv?provider={territory.siren}",
+    )

@@ -57,11 +57,16 @@ def test_demo_federation_end_to_end(demo: UpProcess):
         return all(check(client.get(f"{url}/v1/federation/territories").json()) for url in catalogs)
 
     eventually(lambda: directory_everywhere(lambda ts: {t["siren"] for t in ts} == SIRENS), "the directory")
-    # Every node seeds the demo datasets of its territories; every node's federated index holds all sixteen.
+    # Every node seeds the demo datasets of its territories and their public registers of agreements; every node's
+    # federated index holds all twenty.
     eventually(
-        lambda: all(client.get(f"{url}/v1/search").json()["total"] == 16 for url in catalogs),
-        "the 16 demo datasets in every federated index",
+        lambda: all(client.get(f"{url}/v1/search").json()["total"] == 20 for url in catalogs),
+        "the 20 demo datasets in every federated index",
     )
+    register = client.get(f"{catalogs[1]}/v1/federation/datasets/{DIJON}/registre-des-conventions").json()
+    csv_url = register["metadata"]["external_csv_url"]
+    assert csv_url == f"{registry}/v1/register.csv?provider={DIJON}"
+    assert client.get(csv_url).text.startswith("agreement_id,provider_siren,")
     hit = client.get(f"{catalogs[2]}/v1/search", params={"q": "velos", "territory": DIJON}).json()["results"]
     assert [h["id"] for h in hit] == [f"{DIJON}/comptages-velo"]
 
