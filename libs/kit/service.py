@@ -191,6 +191,7 @@ def create_service_app(
     routers: list[APIRouter] | None = None,
     consumers: ConsumerFactory | None = None,
     with_database: bool = True,
+    migrate: Callable[[Database], None] | None = None,
     on_startup: Callable[[ServiceContext], Awaitable[None]] | None = None,
     on_shutdown: Callable[[ServiceContext], Awaitable[None]] | None = None,
 ) -> FastAPI:
@@ -209,7 +210,8 @@ def create_service_app(
         )
         if with_database:
             database = Database(settings.resolved_database_url(service))
-            await asyncio.to_thread(database.create_all)
+            # Services with migrations (the registry) bring their schema up to date; the others create what is missing.
+            await asyncio.to_thread(migrate or Database.create_all, database)
             relay = OutboxRelay(
                 database,
                 messaging,

@@ -16,9 +16,10 @@ from kit import idempotency
 from kit.auth import Principal
 from kit.db import on_commit
 from kit.errors import BadRequest, NotFound
-from kit.service import ContextDep, CurrentPrincipal, SessionDep
+from kit.service import ContextDep, SessionDep
 from registry import agreements
 from registry.agreements import Action, Agreement, AgreementState, Party
+from registry.apikeys_api import CallerDep
 from registry.grants import GrantMaterializer
 
 __all__ = ["router"]
@@ -151,7 +152,7 @@ def request_agreement(
     body: AgreementRequest,
     session: SessionDep,
     ctx: ContextDep,
-    principal: CurrentPrincipal,
+    principal: CallerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Ask a territory for access to one of its datasets, on these terms (consumer organisation members)."""
@@ -175,14 +176,14 @@ def request_agreement(
 
 
 @router.get("", response_model=list[AgreementOut])
-def list_agreements(session: SessionDep, principal: CurrentPrincipal) -> list[AgreementOut]:
+def list_agreements(session: SessionDep, principal: CallerDep) -> list[AgreementOut]:
     """Agreements the caller is party to (operators: all)."""
     return [_out(session, a, principal) for a in agreements.list_agreements(db_session=session, principal=principal)]
 
 
 @router.get("/{agreement_id}", response_model=AgreementOut)
 def get_agreement(
-    agreement_id: AgreementId, session: SessionDep, principal: CurrentPrincipal, response: Response
+    agreement_id: AgreementId, session: SessionDep, principal: CallerDep, response: Response
 ) -> AgreementOut:
     """One agreement with its current terms and the actions possible from its state (parties and operators)."""
     agreement = _visible(session, agreement_id, principal)
@@ -191,9 +192,7 @@ def get_agreement(
 
 
 @router.get("/{agreement_id}/history", response_model=list[TransitionOut])
-def agreement_history(
-    agreement_id: AgreementId, session: SessionDep, principal: CurrentPrincipal
-) -> list[TransitionOut]:
+def agreement_history(agreement_id: AgreementId, session: SessionDep, principal: CallerDep) -> list[TransitionOut]:
     """Every transition: who, when, why, on which terms."""
     _visible(session, agreement_id, principal)
     return [
@@ -203,9 +202,7 @@ def agreement_history(
 
 
 @router.get("/{agreement_id}/terms", response_model=list[TermsVersionOut])
-def agreement_terms(
-    agreement_id: AgreementId, session: SessionDep, principal: CurrentPrincipal
-) -> list[TermsVersionOut]:
+def agreement_terms(agreement_id: AgreementId, session: SessionDep, principal: CallerDep) -> list[TermsVersionOut]:
     """Every immutable version of the terms, with its hash."""
     _visible(session, agreement_id, principal)
     return [
@@ -228,7 +225,7 @@ def transition(
     request: Request,
     session: SessionDep,
     ctx: ContextDep,
-    principal: CurrentPrincipal,
+    principal: CallerDep,
     body: TransitionRequest | None = None,
     if_match: IfMatch = None,
     idempotency_key: IdempotencyKey = None,

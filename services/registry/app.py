@@ -12,13 +12,15 @@ from fastapi import FastAPI
 from kit.db import on_commit
 from kit.service import ServiceContext, create_service_app
 from kit.settings import ServiceSettings
-from registry import agreements, service
+from registry import agreements, apikeys, service
 from registry.agreements import Action
 from registry.agreements_api import router as agreements_router
 from registry.api import router
+from registry.apikeys_api import router as apikeys_router
 from registry.config import RegistrySettings
 from registry.datasets import datasets_consumer
 from registry.grants import GrantMaterializer
+from registry.migrate import upgrade
 from registry.register import router as register_router
 from registry.schemas import FederationFile
 
@@ -92,6 +94,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 _expiry_loop(ctx, materializer, registry_settings.expiry_check_interval), name="agreement-expiry"
             )
         )
+        tasks.append(
+            asyncio.create_task(
+                apikeys.run_expiry_sweeps(ctx.database, source=ctx.source, interval=60.0), name="apikey-expiry"
+            )
+        )
 
     async def on_shutdown(ctx: ServiceContext) -> None:
         for task in tasks:
@@ -106,7 +113,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             "Federation directory, sharing agreements (negotiation, DPO review, lifecycle), grants materialised in "
             "NATS KV, federated API keys and the public register."
         ),
-        routers=[router, agreements_router, register_router],
+        routers=[router, agreements_router, register_router, apikeys_router],
+        migrate=upgrade,
         consumers=lambda ctx: [datasets_consumer(ctx)],
         on_startup=on_startup,
         on_shutdown=on_shutdown,

@@ -20,10 +20,19 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 REGISTRY_TABLES = frozenset(
     {
-        "territory", "node", "organisation", "registry_dataset", "agreement", "agreement_terms",
-        "agreement_transition", "api_key",
+        "territory",
+        "node",
+        "organisation",
+        "registry_dataset",
+        "agreement",
+        "agreement_terms",
+        "agreement_transition",
+        "api_key",
         # the kit's tables, which every service owns a copy of
-        "outbox", "processed_message", "consumer_checkpoint", "idempotency_record",
+        "outbox",
+        "processed_message",
+        "consumer_checkpoint",
+        "idempotency_record",
     }
 )
 
