@@ -32,7 +32,7 @@ __all__ = [
     "write_keys_file",
 ]
 
-KeyRole = Literal["admin", "steward", "dpo"]
+KeyRole = Literal["admin", "steward", "dpo", "partner"]
 
 _KEYS_HEADER = """\
 # Maillage bootstrap keys, in plaintext: a DEVELOPMENT CONVENIENCE of `maillage up`, never for production.
@@ -186,7 +186,7 @@ def read_keys_file(path: Path) -> list[BootstrapKey]:
             continue
         label, _, secret = line.partition(" ")
         role, _, territory = label.partition("-")
-        if role not in ("admin", "steward", "dpo") or not secret:
+        if role not in ("admin", "steward", "dpo", "partner") or not secret:
             raise DataDirError(f"{path}: unexpected line {line[:40]!r}")
         keys.append(BootstrapKey(label=label, role=role, territory=territory or None, secret=secret.strip()))
     return keys

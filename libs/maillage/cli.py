@@ -38,6 +38,7 @@ from maillage.federation import (
     plan_ports,
     service_instances,
 )
+from maillage.partner import DEMO_PARTNER_NAME, ensure_demo_partner
 from maillage.supervisor import Supervisor, service_specs
 
 __all__ = ["app", "main"]
@@ -124,7 +125,14 @@ def up(
             supervisor = Supervisor(
                 service_specs(federation, root), nats, console, ready_timeout=ready_timeout, data_dir=root
             )
-            code = supervisor.run(on_ready=lambda: _print_federation(console, federation, root, keys, issued))
+
+            def on_ready() -> None:
+                problem = ensure_demo_partner(federation, root, keys)
+                if problem is not None:
+                    console.print(f"[yellow]Demo partner not set up: {problem}[/]", soft_wrap=True)
+                _print_federation(console, federation, root, keys, issued)
+
+            code = supervisor.run(on_ready=on_ready)
     except DataDirError as exc:
         raise _fail(console, str(exc)) from None
     raise typer.Exit(code)
@@ -278,7 +286,12 @@ def _print_federation(
         f"\nBootstrap keys ({freshness}; plaintext copy in {root.keys_file}, development only):", soft_wrap=True
     )
     for key in keys:
-        who = "operator" if key.territory is None else f"{federation.territory(key.territory).name} ({key.territory})"
+        if key.role == "partner":
+            who = f"{DEMO_PARTNER_NAME} ({key.territory})"
+        elif key.territory is None:
+            who = "operator"
+        else:
+            who = f"{federation.territory(key.territory).name} ({key.territory})"
         # Printed as plain lines, not a table cell, so a narrow terminal never truncates a key.
         console.print(f"  {key.role:<8} {who:<42} {key.secret}", soft_wrap=True, markup=False)
     steward = next((key for key in keys if key.role == "steward"), keys[0])

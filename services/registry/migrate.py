@@ -11,6 +11,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import inspect
+from sqlmodel import SQLModel
 
 from kit.db import Database
 
@@ -47,7 +49,17 @@ def alembic_config(database: Database) -> Config:
 
 def upgrade(database: Database) -> None:
     """Bring the database to the latest revision (creates every table on an empty database)."""
-    command.upgrade(alembic_config(database), "head")
+    config = alembic_config(database)
+    names = set(inspect(database.engine).get_table_names())
+    if names and "alembic_version" not in names:
+        # A registry database made before migrations existed (an embedded demo): create what it lacks, then adopt it.
+        import registry.agreements  # noqa: F401 - the models must be registered before create_all
+        import registry.apikeys  # noqa: F401
+
+        tables = [table for table in SQLModel.metadata.sorted_tables if table.name in REGISTRY_TABLES]
+        SQLModel.metadata.create_all(database.engine, tables=tables)
+        command.stamp(config, "head")
+    command.upgrade(config, "head")
 
 
 def main(argv: list[str]) -> int:

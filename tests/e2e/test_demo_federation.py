@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -73,6 +74,31 @@ def test_demo_federation_end_to_end(demo: UpProcess):
     keys = {key.label: key.secret for key in read_keys_file(demo.data_dir / "keys.txt")}
     for label in ("admin", f"steward-{DIJON}", f"dpo-{DIJON}"):
         assert keys[label] in output, f"key {label} not printed"
+    # The demo partner holds a federated key and negotiates with Dijon, whose datasets the registry learnt from the
+    # catalog's advertisements.
+    partner = {"Authorization": f"Bearer {keys['partner-73282932000074']}"}
+    now = datetime.now(UTC)
+    terms = {
+        "dataset": f"{DIJON}/frequentation-bus",
+        "consumer": "73282932000074",
+        "purpose": {
+            "iri": "https://w3id.org/dpv#ServiceOptimisation",
+            "text": "Optimiser les correspondances bus-vélo",
+        },
+        "legal_basis": "A6-1-e",
+        "columns": ["stop_id", "line_id", "day", "hour", "boardings"],
+        "aggregation": {"mode": "none"},
+        "valid_from": now.isoformat(),
+        "valid_until": (now + timedelta(days=90)).isoformat(),
+    }
+    eventually(
+        lambda: client.post(f"{registry}/v1/agreements", json={"terms": terms}, headers=partner).status_code == 201,
+        "the registry to accept the partner's request",
+    )
+    steward_dijon = {"Authorization": f"Bearer {keys[f'steward-{DIJON}']}"}
+    [agreement] = client.get(f"{registry}/v1/agreements", headers=partner).json()
+    offered = client.post(f"{registry}/v1/agreements/{agreement['id']}/offer", headers=steward_dijon)
+    assert offered.json()["state"] == "OFFERED"
     whoami = client.get(f"{catalogs[0]}/v1/whoami", headers={"Authorization": f"Bearer {keys[f'steward-{DIJON}']}"})
     assert whoami.status_code == 200
     assert whoami.json()["territory_roles"] == {DIJON: ["steward"]}

@@ -33,3 +33,18 @@ def test_migrations_create_every_table_and_match_the_models(database_url: str):
         )
     finally:
         database.dispose()
+
+
+def test_a_database_made_before_migrations_is_adopted(tmp_path):
+    import registry.models  # noqa: F401
+    from registry.models import Territory
+
+    database = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        Territory.metadata.create_all(database.engine, tables=[Territory.__table__])  # type: ignore[attr-defined]
+        upgrade(database)
+        tables = set(inspect(database.engine).get_table_names())
+        assert REGISTRY_TABLES <= tables and "alembic_version" in tables
+        upgrade(database)
+    finally:
+        database.dispose()
