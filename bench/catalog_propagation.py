@@ -8,8 +8,6 @@ baseline, measured in the same run on the same nats-server: a raw JetStream publ
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,11 +16,12 @@ import httpx
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bench.report import Result, ms, percentile
+from bench.services import start_service
 from catalog.seeds import SeedTerritory, demo_datasets
 from kit.auth import AuthMethod, Principal, Role
 from kit.messaging import Messaging
 from kit.nats_server import NatsServer
-from kit.process import free_port, spawn, stop_process
+from kit.process import stop_process
 from kit.testing.factories import bootstrap_key
 
 __all__ = ["run"]
@@ -31,29 +30,8 @@ DIJON, NORGE = "242100410", "200069540"
 
 
 def _start_catalog(name: str, siren: str, nats_url: str, root: Path, keyring: Path) -> tuple[object, str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "MAILLAGE_CATALOG_PORT": str(port),
-        "MAILLAGE_CATALOG_DATA_DIR": str(root / name),
-        "MAILLAGE_CATALOG_NATS_URL": nats_url,
-        "MAILLAGE_CATALOG_NODE_ID": name,
-        "MAILLAGE_CATALOG_TERRITORIES": siren,
-        "MAILLAGE_CATALOG_KEYRING_FILE": str(keyring),
-        "MAILLAGE_CATALOG_LOG_LEVEL": "warning",
-    }
-    log = open(root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = spawn([sys.executable, "-m", "catalog"], env=env, stdout=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"catalog {name} did not become ready; see {root / name}.log")
+    settings = {"NATS_URL": nats_url, "NODE_ID": name, "TERRITORIES": siren, "KEYRING_FILE": str(keyring)}
+    return start_service("catalog", name, root, settings)
 
 
 async def _raw_baseline(nats_url: str, count: int) -> list[float]:

@@ -9,8 +9,6 @@ registry's own `/healthz` round trip for the transition rate.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -20,6 +18,7 @@ from typing import Any
 import httpx
 
 from bench.report import Result, ms, percentile
+from bench.services import start_service
 from catalog.seeds import SeedTerritory, demo_published
 from contracts.envelope import Envelope
 from contracts.events import DatasetUpsertedV1
@@ -28,7 +27,7 @@ from kit.auth import AuthMethod, Principal, Role
 from kit.grants import GrantCache
 from kit.messaging import Messaging
 from kit.nats_server import NatsServer
-from kit.process import free_port, spawn, stop_process
+from kit.process import stop_process
 from kit.testing.factories import bootstrap_key, operator_principal
 
 __all__ = ["run"]
@@ -160,27 +159,7 @@ async def _advertise(url: str) -> None:
 
 
 def _start_registry(root: Path, nats_url: str, keyring: Path) -> tuple[Any, str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "MAILLAGE_REGISTRY_PORT": str(port),
-        "MAILLAGE_REGISTRY_DATA_DIR": str(root / "registry"),
-        "MAILLAGE_REGISTRY_NATS_URL": nats_url,
-        "MAILLAGE_REGISTRY_KEYRING_FILE": str(keyring),
-        "MAILLAGE_REGISTRY_LOG_LEVEL": "warning",
-    }
-    log = open(root / "registry.log", "wb")  # noqa: SIM115 - lives as long as the process
-    proc = spawn([sys.executable, "-m", "registry"], env=env, stdout=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"registry did not become ready; see {root / 'registry.log'}")
+    return start_service("registry", "registry", root, {"NATS_URL": nats_url, "KEYRING_FILE": str(keyring)})
 
 
 def run(rounds: int = 200) -> Result:

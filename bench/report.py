@@ -59,7 +59,7 @@ def write_section(result: Result, path: Path = BENCHMARKS_MD) -> None:
         path.read_text(encoding="utf-8")
         if path.exists()
         else (
-            "# Benchmarks\n\nEvery figure is measured by `make bench` against a baseline run in the same process "
+            "# Benchmarks\n\nEvery figure is measured by `make bench` against a baseline measured in the same run "
             "on the same machine, and reported as a ratio. Re-run to refresh; sections are rewritten in place.\n\n"
         )
     )

@@ -48,6 +48,29 @@ class DataTheme(StrEnum):
     def uri(self) -> str:
         return DATA_THEME_BASE + self.value
 
+    @property
+    def label(self) -> str:
+        """The official French label (Publications Office authority table)."""
+        return _THEME_LABELS[self]
+
+
+_THEME_LABELS = {
+    DataTheme.AGRI: "Agriculture, pêche, sylviculture et alimentation",
+    DataTheme.ECON: "Économie et finances",
+    DataTheme.EDUC: "Éducation, culture et sport",
+    DataTheme.ENER: "Énergie",
+    DataTheme.ENVI: "Environnement",
+    DataTheme.GOVE: "Gouvernement et secteur public",
+    DataTheme.HEAL: "Santé",
+    DataTheme.INTR: "Questions internationales",
+    DataTheme.JUST: "Justice, système juridique et sécurité publique",
+    DataTheme.OP_DATPRO: "Données provisoires",
+    DataTheme.REGI: "Régions et villes",
+    DataTheme.SOCI: "Population et société",
+    DataTheme.TECH: "Science et technologie",
+    DataTheme.TRAN: "Transports",
+}
+
 
 class Frequency(StrEnum):
     """EU frequency vocabulary (DCAT-AP ``dct:accrualPeriodicity``)."""

@@ -8,6 +8,7 @@ the same shape. Unexpected exceptions never leak a stack trace: they answer ``in
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -68,11 +69,8 @@ class MaillageError(Exception):
         self.headers = headers or {}
         self.extra = extra or {}
 
-    def body(self, request_id: str | None = None) -> dict[str, Any]:
-        payload: dict[str, Any] = {"error": self.code, "detail": self.detail, **self.extra}
-        if request_id:
-            payload["request_id"] = request_id
-        return payload
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "detail": self.detail, **self.extra}
 
 
 class BadRequest(MaillageError):
@@ -149,12 +147,20 @@ def _validation_fields(exc: RequestValidationError) -> list[dict[str, Any]]:
     return fields
 
 
+def _answer(
+    request: Request, status_code: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    if rid := _request_id(request):
+        body["request_id"] = rid
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error of ``app`` as :class:`ErrorBody`."""
 
     @app.exception_handler(MaillageError)
     async def _maillage(request: Request, exc: MaillageError) -> JSONResponse:
-        return JSONResponse(exc.body(_request_id(request)), status_code=exc.status_code, headers=exc.headers)
+        return _answer(request, exc.status_code, exc.body(), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -164,10 +170,7 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             first = fields[0] if fields else {"loc": [], "msg": "invalid request"}
             code, detail = "request.invalid", f"{'.'.join(first['loc'])}: {first['msg']}"
-        body = {"error": code, "detail": detail, "fields": fields}
-        if rid := _request_id(request):
-            body["request_id"] = rid
-        return JSONResponse(body, status_code=422)
+        return _answer(request, 422, {"error": code, "detail": detail, "fields": fields})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -175,24 +178,20 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else code
         if exc.status_code == 400 and detail == "There was an error parsing the body":
             code, detail = "request.malformed_body", "the body could not be decoded (it must be UTF-8 JSON)"
-        body = {"error": code, "detail": detail}
-        if rid := _request_id(request):
-            body["request_id"] = rid
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return _answer(request, exc.status_code, {"error": code, "detail": detail}, getattr(exc, "headers", None))
 
     @app.exception_handler(IntegrityError)
     async def _integrity(request: Request, exc: IntegrityError) -> JSONResponse:
         # Two requests raced for the same unique row; the loser's transaction was rolled back whole.
-        body = {"error": "resource.conflict", "detail": "a concurrent change won; reload and try again"}
-        if rid := _request_id(request):
-            body["request_id"] = rid
-        return JSONResponse(body, status_code=409)
+        return _answer(request, 409, {"error": "resource.conflict", "detail": "a concurrent change won; retry"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        rid = _request_id(request)
-        log.error("unhandled error on %s %s (request %s)", request.method, request.url.path, rid, exc_info=exc)
-        body = {"error": "internal", "detail": "internal error; quote the request id to the operator"}
-        if rid:
-            body["request_id"] = rid
-        return JSONResponse(body, status_code=500)
+        log.error(
+            "unhandled error on %s %s (request %s)",
+            request.method,
+            request.url.path,
+            _request_id(request),
+            exc_info=exc,
+        )
+        return _answer(request, 500, {"error": "internal", "detail": "internal error; quote the request id"})

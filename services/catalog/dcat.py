@@ -20,7 +20,7 @@ from rdflib import OWL, RDF, RDFS, SKOS, XSD, BNode, Graph, Literal, Namespace, 
 from rdflib.namespace import DCTERMS, FOAF
 
 from contracts.datasets import AccessLevel, DataStatus, PublishedDataset, distribution_formats, parse_wkt_polygon
-from contracts.vocabularies import DataTheme, legal_basis_iri
+from contracts.vocabularies import legal_basis_iri
 
 __all__ = [
     "CONTEXT",
@@ -90,24 +90,6 @@ CONTEXT: dict[str, str] = {
     "xsd": str(XSD),
 }
 """Compact JSON-LD @context: prefixes only, so that every serialization parses back to the same graph."""
-
-# Official French labels of the EU data themes (skos:Concept needs a skos:prefLabel in shapes.ttl).
-_THEME_LABELS = {
-    DataTheme.AGRI: "Agriculture, pêche, sylviculture et alimentation",
-    DataTheme.ECON: "Économie et finances",
-    DataTheme.EDUC: "Éducation, culture et sport",
-    DataTheme.ENER: "Énergie",
-    DataTheme.ENVI: "Environnement",
-    DataTheme.GOVE: "Gouvernement et secteur public",
-    DataTheme.HEAL: "Santé",
-    DataTheme.INTR: "Questions internationales",
-    DataTheme.JUST: "Justice, système juridique et sécurité publique",
-    DataTheme.OP_DATPRO: "Données provisoires",
-    DataTheme.REGI: "Régions et villes",
-    DataTheme.SOCI: "Population et société",
-    DataTheme.TECH: "Science et technologie",
-    DataTheme.TRAN: "Transports",
-}
 
 # Why data that is not open is withheld, as INSPIRE Directive art. 13(1) reasons (udata's "access type reason").
 # Personal data: 13(1)(f), confidentiality of personal data. General-interest and private-territorial-interest data
@@ -288,7 +270,7 @@ def _add_dataset(graph: Graph, dataset: PublishedDataset) -> URIRef:
     graph.add((node, OWL.versionInfo, Literal(metadata.version)))
     for theme in metadata.theme:
         concept = _typed(graph, URIRef(theme.uri), SKOS.Concept)
-        graph.add((concept, SKOS.prefLabel, Literal(_THEME_LABELS[theme], lang="fr")))
+        graph.add((concept, SKOS.prefLabel, Literal(theme.label, lang="fr")))  # shapes.ttl wants a prefLabel
         graph.add((concept, SKOS.inScheme, DATA_THEME_SCHEME))
         graph.add((node, DCAT.theme, concept))
     for keyword in metadata.keywords:

@@ -216,22 +216,7 @@ class SearchResult(BaseModel):
 
 # --------------------------------------------------------------------------------------------------- labels
 
-THEME_LABELS = {
-    DataTheme.AGRI: "Agriculture, pêche, sylviculture et alimentation",
-    DataTheme.ECON: "Économie et finances",
-    DataTheme.EDUC: "Éducation, culture et sport",
-    DataTheme.ENER: "Énergie",
-    DataTheme.ENVI: "Environnement",
-    DataTheme.GOVE: "Gouvernement et secteur public",
-    DataTheme.HEAL: "Santé",
-    DataTheme.INTR: "Questions internationales",
-    DataTheme.JUST: "Justice, système juridique et sécurité publique",
-    DataTheme.OP_DATPRO: "Données provisoires",
-    DataTheme.REGI: "Régions et villes",
-    DataTheme.SOCI: "Population et société",
-    DataTheme.TECH: "Science et technologie",
-    DataTheme.TRAN: "Transports",
-}
+THEME_LABELS = {theme: theme.label for theme in DataTheme}
 """French labels of the EU data themes (Publications Office authority table)."""
 
 _STATIC_LABELS: dict[str, dict[str, str]] = {
