@@ -29,6 +29,7 @@ from sqlmodel import Column, Field, Session, SQLModel, col, func, select
 from contracts.datasets import DatasetMetadata, DataStatus
 from contracts.events import AgreementTransitionedV1
 from contracts.terms import Terms, TermsError, check_against_dataset, terms_hash
+from kit.advertisements import published_metadata
 from kit.auth import Principal, Role
 from kit.errors import Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable
 from kit.outbox import enqueue
@@ -41,7 +42,6 @@ __all__ = [
     "AgreementTerms",
     "AgreementTransition",
     "Party",
-    "RegistryDataset",
     "get_agreement",
     "list_agreements",
     "request_agreement",
@@ -131,19 +131,6 @@ _REJECTER = {S.REQUESTED: Party.PROVIDER_STEWARD, S.OFFERED: Party.CONSUMER, S.D
 TERMINAL = frozenset({S.REVOKED, S.TERMINATED, S.EXPIRED, S.REJECTED})
 
 
-class RegistryDataset(SQLModel, table=True):
-    """What the registry knows of a published dataset (from the catalog's advertisements)."""
-
-    __tablename__ = "registry_dataset"
-
-    id: str = Field(primary_key=True, max_length=80)
-    territory: str = Field(max_length=9, index=True)
-    revision: int
-    withdrawn: bool = False
-    metadata_document: dict[str, Any] | None = Field(default=None, sa_column=Column("metadata", JSON, nullable=True))
-    event_time: datetime
-
-
 class Agreement(SQLModel, table=True):
     """A sharing agreement between a provider territory (dataset) and a consumer organisation."""
 
@@ -225,10 +212,10 @@ def parties_of(principal: Principal, agreement: Agreement) -> set[Party]:
 
 
 def _dataset_metadata(db_session: Session, dataset: str) -> DatasetMetadata:
-    row = db_session.get(RegistryDataset, dataset)
-    if row is None or row.withdrawn or row.metadata_document is None:
+    metadata = published_metadata(db_session, dataset)
+    if metadata is None:
         raise Unprocessable(f"dataset {dataset} is not published in the federation", code="terms.unknown_dataset")
-    return DatasetMetadata.model_validate(row.metadata_document)
+    return metadata
 
 
 def _check_terms(db_session: Session, terms: Terms) -> DatasetMetadata:

@@ -9,6 +9,8 @@ from functools import partial
 
 from fastapi import FastAPI
 
+from kit.advertisements import advertisements_consumer
+from kit.consumer import DurableConsumer
 from kit.db import on_commit
 from kit.service import ServiceContext, create_service_app
 from kit.settings import ServiceSettings
@@ -18,7 +20,6 @@ from registry.agreements_api import router as agreements_router
 from registry.api import router
 from registry.apikeys_api import router as apikeys_router
 from registry.config import RegistrySettings
-from registry.datasets import datasets_consumer
 from registry.grants import GrantMaterializer
 from registry.migrate import upgrade
 from registry.register import router as register_router
@@ -74,6 +75,18 @@ async def _expiry_loop(ctx: ServiceContext, materializer: GrantMaterializer, int
         await asyncio.sleep(interval)
 
 
+def _datasets_consumer(ctx: ServiceContext) -> DurableConsumer:
+    """What the registry knows of published datasets (to check terms against), from the catalog's advertisements."""
+    assert ctx.database is not None
+    return advertisements_consumer(
+        database=ctx.database,
+        messaging=ctx.messaging,
+        durable="registry-datasets",
+        max_deliver=ctx.settings.consumer_max_deliver,
+        ack_wait=ctx.settings.consumer_ack_wait,
+    )
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """Build the registry app (settings from the environment by default)."""
     registry_settings = settings if isinstance(settings, RegistrySettings) else RegistrySettings()
@@ -115,7 +128,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         ),
         routers=[router, agreements_router, register_router, apikeys_router],
         migrate=upgrade,
-        consumers=lambda ctx: [datasets_consumer(ctx)],
+        consumers=lambda ctx: [_datasets_consumer(ctx)],
         on_startup=on_startup,
         on_shutdown=on_shutdown,
     )

@@ -25,7 +25,7 @@ REGISTRY_TABLES = frozenset(
         "territory",
         "node",
         "organisation",
-        "registry_dataset",
+        "advertised_dataset",
         "agreement",
         "agreement_terms",
         "agreement_transition",

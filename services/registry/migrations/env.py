@@ -7,7 +7,8 @@ from typing import Any
 from alembic import context
 from sqlmodel import SQLModel
 
-import kit.consumer  # noqa: F401 - registers the kit's tables
+import kit.advertisements  # noqa: F401 - registers the kit's tables
+import kit.consumer  # noqa: F401
 import kit.idempotency  # noqa: F401
 import kit.outbox  # noqa: F401
 import registry.agreements  # noqa: F401 - registers the registry's tables

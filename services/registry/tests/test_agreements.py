@@ -21,6 +21,7 @@ from catalog.seeds import SeedTerritory, demo_published
 from contracts.envelope import Envelope
 from contracts.events import DatasetUpsertedV1
 from contracts.grants import GRANTS_BUCKET
+from kit.advertisements import apply_advertisement
 from kit.auth import AuthMethod, Principal, Role
 from kit.errors import Conflict
 from kit.grants import GrantCache
@@ -32,7 +33,6 @@ from registry import agreements
 from registry.agreements import Action
 from registry.app import create_app
 from registry.config import RegistrySettings
-from registry.datasets import apply_advertisement
 
 pytestmark = pytest.mark.integration
 
