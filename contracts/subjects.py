@@ -12,9 +12,11 @@ import re
 from contracts.identifiers import SubjectTokenError, validate_node_id, validate_siren, validate_siret, validate_slug
 
 __all__ = [
+    "audit",
     "catalog_dataset_upserted",
     "catalog_dataset_withdrawn",
     "dead_letter",
+    "exchange_query",
     "registry_agreement",
     "registry_apikey",
     "registry_node_registered",
@@ -65,6 +67,14 @@ def registry_agreement(action: str, agreement_id: str) -> str:
     if action not in _AGREEMENT_ACTIONS:
         raise SubjectTokenError(f"unknown agreement action {action!r}")
     return f"registry.agreement.{action}.{validate_slug(agreement_id)}"
+
+
+def audit(siren: str) -> str:
+    return f"audit.{validate_siren(siren)}"
+
+
+def exchange_query(siren: str) -> str:
+    return f"exchange.{validate_siren(siren)}.query"
 
 
 def dead_letter(consumer: str) -> str:

@@ -1,5 +1,6 @@
 """Every event model of the federation. Importing this package registers them all."""
 
+from contracts.events.audit import AuditRecordedV1
 from contracts.events.base import CLOUD_TYPE_PREFIX, Event, event_class, event_classes, register
 from contracts.events.catalog import DatasetUpsertedV1, DatasetWithdrawnV1
 from contracts.events.registry import (
@@ -14,6 +15,7 @@ from contracts.events.registry import (
 )
 
 __all__ = [
+    "AuditRecordedV1",
     "AgreementTransitionedV1",
     "ApiKeyCreatedV1",
     "ApiKeyExpiredV1",

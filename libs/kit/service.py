@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from kit.auth import Keyring, Principal
+from kit.auth.remote import RegistryKeyVerifier
 from kit.consumer import DurableConsumer
 from kit.db import Database
 from kit.errors import Unauthorized, install_error_handlers
@@ -33,6 +34,7 @@ from kit.settings import ServiceSettings
 from kit.telemetry import instrument_app, setup_telemetry
 
 __all__ = [
+    "CallerPrincipal",
     "ContextDep",
     "CurrentPrincipal",
     "OptionalPrincipal",
@@ -59,6 +61,7 @@ class ServiceContext:
     relay: OutboxRelay | None
     keyring: Keyring
     consumers: list[DurableConsumer] = field(default_factory=list)
+    key_verifier: RegistryKeyVerifier | None = None
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -112,6 +115,23 @@ def get_principal(request: Request, ctx: ContextDep) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_caller(request: Request, ctx: ContextDep) -> Principal:
+    """The caller, by a bootstrap key or, where the service has a registry verifier, a federated API key."""
+    try:
+        return get_principal(request, ctx)
+    except Unauthorized as refused:
+        if refused.code != "auth.invalid_credentials" or ctx.key_verifier is None:
+            raise
+        secret = request.headers.get("authorization", "").partition(" ")[2].strip()
+        principal = await ctx.key_verifier.verify(secret)
+        if principal is None:
+            raise
+        return principal
+
+
+CallerPrincipal = Annotated[Principal, Depends(get_caller)]
 
 
 def get_optional_principal(request: Request, ctx: ContextDep) -> Principal | None:

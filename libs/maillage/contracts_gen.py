@@ -14,6 +14,7 @@ import yaml
 
 from contracts.envelope import Envelope
 from contracts.events import Event, event_classes
+from contracts.requests import REQUEST_REPLIES
 from contracts.streams import KV_BUCKETS, STREAMS, stream_for_subject
 
 __all__ = ["CONTRACTS_DIR", "check", "generate", "write"]
@@ -94,6 +95,60 @@ def asyncapi_document() -> dict[str, Any]:
                 "channel": {"$ref": f"#/channels/{key}"},
                 "messages": [{"$ref": f"#/channels/{key}/messages/{key}"}],
             }
+    for rr in REQUEST_REPLIES:
+        key = rr.name.replace(".", "-")
+        schemas[rr.request.__name__] = _hoist(rr.request.model_json_schema(ref_template=_REF), schemas)
+        messages[f"{key}-request"] = {
+            "name": f"{rr.name}.request",
+            "title": rr.request.__name__,
+            "summary": rr.summary,
+            "contentType": "application/json",
+            "headers": {
+                "type": "object",
+                "properties": {
+                    "Authorization": {"type": "string", "description": "Bearer <key> of the caller"},
+                    "Accept": {"type": "string", "description": "Arrow IPC stream (default), JSON or CSV"},
+                    "traceparent": {"type": "string"},
+                },
+            },
+            "payload": {"$ref": f"#/components/schemas/{rr.request.__name__}"},
+        }
+        messages[f"{key}-reply"] = {
+            "name": f"{rr.name}.reply",
+            "title": "Query reply",
+            "summary": "The result, or a refusal {error, detail} with its status.",
+            "contentType": "application/vnd.apache.arrow.stream",
+            "headers": {
+                "type": "object",
+                "properties": {
+                    "Maillage-Status": {"type": "string", "description": "HTTP status code of the answer"},
+                    "Maillage-Suppressed-Groups": {"type": "string"},
+                    "Maillage-Audit-Id": {"type": "string"},
+                    "Content-Type": {"type": "string"},
+                },
+                "required": ["Maillage-Status"],
+            },
+            "payload": {"type": "string", "format": "binary"},
+        }
+        channels[key] = {
+            "address": rr.subject_pattern,
+            "description": f"{rr.summary} Core NATS request-reply (not persisted).",
+            "parameters": {param: {"description": text} for param, text in rr.parameters.items()},
+            "messages": {
+                f"{key}-request": {"$ref": f"#/components/messages/{key}-request"},
+                f"{key}-reply": {"$ref": f"#/components/messages/{key}-reply"},
+            },
+        }
+        operations[f"{rr.server}-answers-{key}"] = {
+            "action": "receive",
+            "summary": f"{rr.server} answers, checking the caller's grants.",
+            "channel": {"$ref": f"#/channels/{key}"},
+            "messages": [{"$ref": f"#/channels/{key}/messages/{key}-request"}],
+            "reply": {
+                "channel": {"$ref": f"#/channels/{key}"},
+                "messages": [{"$ref": f"#/channels/{key}/messages/{key}-reply"}],
+            },
+        }
     return {
         "asyncapi": "3.0.0",
         "info": {
