@@ -7,9 +7,9 @@ import threading
 from sqlalchemy import update
 from sqlmodel import col, select
 
+from contracts.terms import Quota
 from exchange.audit import GENESIS, AuditRecord, append, mask_literals, verify_chain
 from exchange.quotas import QuotaUsage, check, record
-from contracts.terms import Quota
 from kit.db import Database
 from kit.errors import TooManyRequests
 from kit.outbox import OutboxEvent
