@@ -9,10 +9,11 @@ the ``Authorization`` header (``Bearer <key>``), the wanted format in ``Accept``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-__all__ = ["REQUEST_REPLIES", "QueryRequestV1", "RequestReply"]
+__all__ = ["REQUEST_REPLIES", "QueryRequestV1", "RequestReply", "SensorReadingsV1"]
 
 
 class QueryRequestV1(BaseModel):
@@ -48,3 +49,12 @@ REQUEST_REPLIES = (
         clients=("gateway",),
     ),
 )
+
+
+class SensorReadingsV1(RootModel[dict[str, Any] | list[dict[str, Any]]]):
+    """Readings published on ``exchange.ingest.<siren>.<slug>`` (stream INGEST) by sensors or their gateways.
+
+    One reading or a list of readings, each an object whose keys are the dataset's Table Schema fields (e.g. the
+    mobility-count measure: channel_id, counter_id, start_datetime, end_datetime, count). ``Nats-Msg-Id`` should be
+    set: redeliveries and republications are ignored, and so are rows whose natural key is already stored.
+    """

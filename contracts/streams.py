@@ -41,6 +41,12 @@ STREAMS: tuple[Stream, ...] = (
     Stream("CONSENT", ("consent.>",), "Consent events, flowing to the exchanges that compute on consented subjects."),
     Stream("AUDIT", ("audit.>",), "Hash-chained audit records of every query, per territory."),
     Stream(
+        "INGEST",
+        ("exchange.ingest.>",),
+        "Sensor readings awaiting ingestion into a territory's dataset; acked once committed into a version.",
+        max_age_seconds=7 * DAY,
+    ),
+    Stream(
         "DEADLETTER",
         ("deadletter.>",),
         "Messages a durable consumer gave up on after bounded redelivery, kept for inspection.",
@@ -53,10 +59,19 @@ KV_BUCKETS: tuple[KeyValueBucket, ...] = (
 )
 
 
+def _captures(pattern: str, subject: str) -> bool:
+    tokens, wanted = pattern.split("."), subject.split(".")
+    for index, token in enumerate(tokens):
+        if token == ">":
+            return len(wanted) > index
+        if index >= len(wanted) or (token != "*" and token != wanted[index]):
+            return False
+    return len(tokens) == len(wanted)
+
+
 def stream_for_subject(subject: str) -> Stream:
-    """The stream whose subjects capture ``subject`` (streams here are all ``<domain>.>``)."""
-    domain = subject.split(".", 1)[0]
+    """The stream whose subject patterns capture ``subject`` (NATS wildcards ``*`` and ``>``)."""
     for stream in STREAMS:
-        if any(pattern == f"{domain}.>" for pattern in stream.subjects):
+        if any(_captures(pattern, subject) for pattern in stream.subjects):
             return stream
     raise LookupError(f"no stream captures subject {subject!r}")

@@ -16,6 +16,7 @@ __all__ = [
     "catalog_dataset_upserted",
     "catalog_dataset_withdrawn",
     "dead_letter",
+    "exchange_ingest",
     "exchange_query",
     "registry_agreement",
     "registry_apikey",
@@ -75,6 +76,10 @@ def audit(siren: str) -> str:
 
 def exchange_query(siren: str) -> str:
     return f"exchange.{validate_siren(siren)}.query"
+
+
+def exchange_ingest(siren: str, slug: str) -> str:
+    return f"exchange.ingest.{validate_siren(siren)}.{validate_slug(slug)}"
 
 
 def dead_letter(consumer: str) -> str:

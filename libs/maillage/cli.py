@@ -38,6 +38,7 @@ from maillage.federation import (
     plan_ports,
     service_instances,
 )
+from maillage.ingest_cli import ingest as ingest_command
 from maillage.partner import DEMO_PARTNER_NAME, ensure_demo_partner
 from maillage.supervisor import Supervisor, service_specs
 
@@ -192,6 +193,9 @@ def contracts(
     for path in written:
         console.print(f"wrote {path.relative_to(contracts_gen.CONTRACTS_DIR.parent)}")
     console.print(f"[green]✔[/] contracts up to date ({len(written)} file(s) changed)")
+
+
+app.command("ingest")(ingest_command)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import yaml
 
 from contracts.envelope import Envelope
 from contracts.events import Event, event_classes
-from contracts.requests import REQUEST_REPLIES
+from contracts.requests import REQUEST_REPLIES, SensorReadingsV1
 from contracts.streams import KV_BUCKETS, STREAMS, stream_for_subject
 
 __all__ = ["CONTRACTS_DIR", "check", "generate", "write"]
@@ -149,6 +149,27 @@ def asyncapi_document() -> dict[str, Any]:
                 "messages": [{"$ref": f"#/channels/{key}/messages/{key}-reply"}],
             },
         }
+    schemas["SensorReadingsV1"] = _hoist(SensorReadingsV1.model_json_schema(ref_template=_REF), schemas)
+    messages["exchange-ingest-readings"] = {
+        "name": "exchange.ingest.readings",
+        "title": "SensorReadingsV1",
+        "summary": (SensorReadingsV1.__doc__ or "").strip().splitlines()[0],
+        "contentType": "application/json",
+        "headers": {"type": "object", "properties": {"Nats-Msg-Id": {"type": "string"}}},
+        "payload": {"$ref": "#/components/schemas/SensorReadingsV1"},
+    }
+    channels["exchange-ingest"] = {
+        "address": "exchange.ingest.{siren}.{slug}",
+        "description": "Sensor readings for streaming ingestion into a dataset (stream INGEST), batched into versions.",
+        "parameters": {"siren": {"description": "SIREN of the territory"}, "slug": {"description": "dataset"}},
+        "messages": {"exchange-ingest-readings": {"$ref": "#/components/messages/exchange-ingest-readings"}},
+    }
+    operations["exchange-receives-exchange-ingest"] = {
+        "action": "receive",
+        "summary": "exchange validates, deduplicates and appends them, acking after the new version is committed.",
+        "channel": {"$ref": "#/channels/exchange-ingest"},
+        "messages": [{"$ref": "#/channels/exchange-ingest/messages/exchange-ingest-readings"}],
+    }
     return {
         "asyncapi": "3.0.0",
         "info": {

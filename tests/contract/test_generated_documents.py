@@ -18,7 +18,11 @@ def test_asyncapi_lists_every_event_on_a_captured_subject():
     document = yaml.safe_load((CONTRACTS_DIR / "asyncapi.yaml").read_text(encoding="utf-8"))
     assert document["asyncapi"] == "3.0.0"
     names = {message["name"] for message in document["components"]["messages"].values()}
-    assert names == {cls.cloud_type() for cls in event_classes()} | {"exchange.query.request", "exchange.query.reply"}
+    assert names == {cls.cloud_type() for cls in event_classes()} | {
+        "exchange.query.request",
+        "exchange.query.reply",
+        "exchange.ingest.readings",
+    }
     for name, channel in document["channels"].items():
         if name == "exchange-query":
             continue  # request-reply: core NATS, not persisted
