@@ -208,7 +208,45 @@ def load_or_issue_keys(data_dir: DataDir, sirens: Sequence[str]) -> tuple[list[B
         raise DataDirError(f"{data_dir.keyring_file} is not a valid keyring: {exc}") from exc
     if not data_dir.keys_file.exists():
         return [], False
-    return [key for key in read_keys_file(data_dir.keys_file) if keyring.authenticate(key.secret) is not None], False
+    return [
+        key
+        for key in read_keys_file(data_dir.keys_file)
+        # Partner keys are federated keys of the registry, not bootstrap keys: the keyring does not know them.
+        if key.role == "partner" or keyring.authenticate(key.secret) is not None
+    ], False
+
+
+SERVICE_LABEL = "service-key-verifier"
+
+
+def ensure_service_credential(data_dir: DataDir) -> str:
+    """The credential node services use to have the registry verify federated keys (scope ``apikeys:verify``).
+
+    Kept in ``service-credential.txt`` (0600) and as a hash in the keyring; issued once, on first use.
+    """
+    path = data_dir.root / "service-credential.txt"
+    keyring = Keyring.load(data_dir.keyring_file)
+    if path.exists():
+        secret = path.read_text(encoding="utf-8").strip()
+        if keyring.authenticate(secret) is not None:
+            return secret
+    issued = issue_key("svc")
+    principal = Principal(
+        subject="service-exchange", scopes=frozenset({"apikeys:verify"}), auth_method=AuthMethod.BOOTSTRAP_KEY
+    )
+    keyring.keys = [entry for entry in keyring.keys if entry.label != SERVICE_LABEL]
+    keyring.keys.append(
+        KeyringEntry(
+            lookup_prefix=issued.lookup_prefix,
+            secret_hash=issued.secret_hash,
+            kind="svc",
+            label=SERVICE_LABEL,
+            principal=principal,
+        )
+    )
+    keyring.save(data_dir.keyring_file)
+    _write_atomic(path, issued.secret + "\n", mode=0o600)
+    return issued.secret
 
 
 def _write_atomic(path: Path, text: str, *, mode: int) -> None:

@@ -19,6 +19,7 @@ from maillage.bootstrap import (
     BootstrapKey,
     DataDir,
     DataDirError,
+    ensure_service_credential,
     load_federation,
     load_or_issue_keys,
     locked,
@@ -123,8 +124,13 @@ def up(
             if saved is not None:
                 console.print(f"Resuming the federation saved in {root.root}.")
             nats = NatsServer(store_dir=root.nats_store, port=port_map["nats"], log_file=root.log_file("nats"))
+            credential = ensure_service_credential(root)
             supervisor = Supervisor(
-                service_specs(federation, root), nats, console, ready_timeout=ready_timeout, data_dir=root
+                service_specs(federation, root, service_credential=credential),
+                nats,
+                console,
+                ready_timeout=ready_timeout,
+                data_dir=root,
             )
 
             def on_ready() -> None:

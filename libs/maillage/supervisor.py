@@ -63,7 +63,12 @@ def service_command(service: str, environ: Mapping[str, str] = os.environ) -> li
 
 
 def service_environment(
-    instance: ServiceInstance, *, federation: Federation, data_dir: DataDir, base_env: Mapping[str, str]
+    instance: ServiceInstance,
+    *,
+    federation: Federation,
+    data_dir: DataDir,
+    base_env: Mapping[str, str],
+    service_credential: str | None = None,
 ) -> dict[str, str]:
     """The environment of one service: ``base_env`` plus its ``MAILLAGE_<SERVICE>_*`` settings."""
     settings = {
@@ -83,6 +88,10 @@ def service_environment(
         settings["EXCHANGE_URL"] = node.urls.exchange
         settings["SEED_DEMO"] = "true"
         settings["REGISTRY_URL"] = federation.registry_url
+    if instance.service == "exchange":
+        settings["REGISTRY_URL"] = federation.registry_url
+        if service_credential is not None:
+            settings["REGISTRY_KEY"] = service_credential
     if instance.service == "registry":
         settings["FEDERATION_FILE"] = str(data_dir.federation_file)
     if instance.service == "gateway":
@@ -110,7 +119,10 @@ class ServiceSpec:
 
 
 def service_specs(
-    federation: Federation, data_dir: DataDir, base_env: Mapping[str, str] = os.environ
+    federation: Federation,
+    data_dir: DataDir,
+    base_env: Mapping[str, str] = os.environ,
+    service_credential: str | None = None,
 ) -> list[ServiceSpec]:
     """The spec of every service instance of ``federation``."""
     waves = {"registry": 0, "catalog": 1, "exchange": 1, "consent": 1, "gateway": 2}
@@ -118,7 +130,13 @@ def service_specs(
         ServiceSpec(
             name=instance.name,
             args=service_command(instance.service, base_env),
-            env=service_environment(instance, federation=federation, data_dir=data_dir, base_env=base_env),
+            env=service_environment(
+                instance,
+                federation=federation,
+                data_dir=data_dir,
+                base_env=base_env,
+                service_credential=service_credential,
+            ),
             log_file=data_dir.log_file(instance.name),
             ready_url=f"{instance.url}/readyz",
             wave=waves[instance.service],

@@ -1,21 +1,194 @@
-"""The exchange service application."""
+"""The exchange service application: the territories' data and the policy-enforced compute-to-data query engine."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
 
+from fastapi import FastAPI
+from nats.aio.msg import Msg
+from opentelemetry import trace
+from pydantic import ValidationError
+
+from contracts import subjects
+from contracts.datasets import TableSchema
+from contracts.requests import QueryRequestV1
+from exchange.api import negotiate_result, router
 from exchange.config import ExchangeSettings
-from kit.service import create_service_app
+from exchange.query import QueryEngine, render
+from exchange.sandbox import Limits, SandboxPool
+from exchange.storage import Storage
+from exchange.streaming import StreamingIngestor
+from kit.advertisements import advertisements_consumer, published_metadata
+from kit.auth import Principal
+from kit.auth.remote import RegistryKeyVerifier
+from kit.errors import MaillageError, Unauthorized
+from kit.grants import GrantCache
+from kit.service import ServiceContext, create_service_app
 from kit.settings import ServiceSettings
+from kit.telemetry import extract_context
 
 __all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+
+def _limits(settings: ExchangeSettings) -> Limits:
+    wall = settings.query_timeout_seconds
+    return Limits(
+        memory_bytes=settings.worker_memory_mb * 1024 * 1024,
+        duckdb_memory_limit=settings.duckdb_memory_limit,
+        threads=settings.duckdb_threads,
+        max_execution_ms=int(wall * 1000 * 0.8),
+        wall_clock_s=wall,
+        max_result_bytes=settings.max_result_bytes,
+    )
+
+
+async def _nats_caller(ctx: ServiceContext, msg: Msg) -> Principal:
+    secret = ((msg.headers or {}).get("Authorization", "")).partition(" ")[2].strip()
+    principal = ctx.keyring.authenticate(secret) if secret else None
+    if principal is None and secret and ctx.key_verifier is not None:
+        principal = await ctx.key_verifier.verify(secret)
+    if principal is None:
+        raise Unauthorized("unknown, malformed or revoked key", code="auth.invalid_credentials")
+    return principal
+
+
+def _responder(ctx: ServiceContext, engine: QueryEngine, siren: str) -> Callable[[Msg], Awaitable[None]]:
+    """The NATS handler of ``exchange.<siren>.query``: the same path as HTTP, answered with status headers."""
+
+    async def handle(msg: Msg) -> None:
+        headers = msg.headers or {}
+        with tracer.start_as_current_span("exchange.query.nats", context=extract_context(headers)):
+            try:
+                request = QueryRequestV1.model_validate_json(msg.data)
+                principal = await _nats_caller(ctx, msg)
+                result = await engine.run(principal, siren, request.sql, request.agreement_id)
+                body, media_type = render(result.table, negotiate_result(headers.get("Accept")))
+                reply_headers = {
+                    "Maillage-Status": "200",
+                    "Content-Type": media_type,
+                    "Maillage-Suppressed-Groups": "unknown"
+                    if result.suppressed_groups is None
+                    else str(result.suppressed_groups),
+                    "Maillage-Audit-Id": result.audit_id,
+                }
+            except ValidationError:
+                body = json.dumps({"error": "request.invalid", "detail": "the body is not a QueryRequestV1"}).encode()
+                reply_headers = {"Maillage-Status": "422", "Content-Type": "application/json"}
+            except MaillageError as exc:
+                body = json.dumps(exc.body()).encode()
+                reply_headers = {"Maillage-Status": str(exc.status_code), "Content-Type": "application/json"}
+            except Exception:  # noqa: BLE001 - a responder must always answer
+                log.exception("query over NATS failed")
+                body = json.dumps({"error": "internal", "detail": "internal error"}).encode()
+                reply_headers = {"Maillage-Status": "500", "Content-Type": "application/json"}
+            if msg.reply and ctx.messaging.nc is not None:
+                await ctx.messaging.nc.publish(msg.reply, body, headers=reply_headers)
+
+    return handle
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """Build the exchange app (settings from the environment by default)."""
-    return create_service_app(
+    exchange_settings = settings if isinstance(settings, ExchangeSettings) else ExchangeSettings()
+    state: dict[str, Any] = {}
+
+    def schema_of(ctx: ServiceContext) -> Callable[[str, str], TableSchema | None]:
+        def lookup(siren: str, slug: str) -> TableSchema | None:
+            assert ctx.database is not None
+            with ctx.database.session() as session:
+                metadata = published_metadata(session, f"{siren}/{slug}")
+            return metadata.table_schema if metadata is not None else None
+
+        return lookup
+
+    async def on_startup(ctx: ServiceContext) -> None:
+        assert ctx.database is not None
+        storage = Storage(exchange_settings.data_dir)
+        await asyncio.to_thread(storage.remove_leftovers)
+        sandbox = SandboxPool(
+            exchange_settings.sandbox_workers,
+            _limits(exchange_settings),
+            temp_dir=exchange_settings.data_dir / "sandbox-tmp",
+        )
+        await sandbox.start()
+        grants = GrantCache(ctx.messaging, staleness=timedelta(seconds=exchange_settings.grants_staleness_seconds))
+        await grants.start()
+        if exchange_settings.registry_url and exchange_settings.registry_key:
+            ctx.key_verifier = RegistryKeyVerifier(
+                exchange_settings.registry_url, exchange_settings.registry_key.get_secret_value()
+            )
+        engine = QueryEngine(
+            database=ctx.database,
+            storage=storage,
+            sandbox=sandbox,
+            grants=grants,
+            source=ctx.source,
+            max_rows=exchange_settings.max_result_rows,
+        )
+        ingestor = StreamingIngestor(
+            storage=storage,
+            messaging=ctx.messaging,
+            schemas=schema_of(ctx),
+            territories=exchange_settings.territories,
+            durable=f"exchange-{exchange_settings.node_id}-ingest",
+        )
+        await ingestor.start()
+        app.state.storage, app.state.engine = storage, engine
+        state.update(sandbox=sandbox, grants=grants, ingestor=ingestor, subscriptions=[])
+
+        async def subscribe() -> None:
+            for subscription in state["subscriptions"]:
+                try:
+                    await subscription.unsubscribe()
+                except Exception:  # noqa: BLE001
+                    pass
+            state["subscriptions"] = []
+            assert ctx.messaging.nc is not None
+            for siren in exchange_settings.territories:
+                state["subscriptions"].append(
+                    await ctx.messaging.nc.subscribe(
+                        subjects.exchange_query(siren), queue=f"exchange-{siren}", cb=_responder(ctx, engine, siren)
+                    )
+                )
+
+        if ctx.messaging.connected:
+            await subscribe()
+        else:
+            ctx.messaging.on_ready(subscribe)
+
+    async def on_shutdown(ctx: ServiceContext) -> None:
+        if "ingestor" in state:
+            await state["ingestor"].stop()
+            await state["grants"].stop()
+            await state["sandbox"].stop()
+        if ctx.key_verifier is not None:
+            await ctx.key_verifier.close()
+
+    app = create_service_app(
         service="exchange",
-        settings=settings or ExchangeSettings(),
+        settings=exchange_settings,
         title="Maillage exchange",
-        description="The territories' data on this node and the policy-enforced compute-to-data query engine.",
+        description=(
+            "The territories' data on this node, validated ingestion (files and streams), open-data downloads, the "
+            "policy-enforced compute-to-data query engine in a sandbox, and the hash-chained audit log."
+        ),
+        routers=[router],
+        consumers=lambda ctx: [
+            advertisements_consumer(
+                database=ctx.database,  # type: ignore[arg-type]
+                messaging=ctx.messaging,
+                durable=f"exchange-{exchange_settings.node_id}-datasets",
+            )
+        ],
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
     )
+    return app

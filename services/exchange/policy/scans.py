@@ -1,0 +1,174 @@
+"""What one dataset looks like to a caller: its granted columns, the rows it may see, how subjects are counted.
+
+:func:`source` turns a (dataset, permission) pair into a :class:`Source`; :meth:`Source.scan` builds the subquery
+that replaces every mention of the dataset in a query::
+
+    (SELECT <granted columns>[, <subject> AS __maillage_s] FROM <physical> WHERE <row filter> AND <consent>) AS t
+
+so columns outside the grant and rows outside the filter do not exist for anything the caller writes around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import sqlglot
+from sqlglot import exp
+
+from contracts.datasets import AccessLevel
+from contracts.terms import Operator, RowPredicate
+
+from .errors import TABLE_NOT_ALLOWED, UNSUPPORTED_SHAPE, PolicyError
+from .model import DatasetInfo, Permission
+
+__all__ = ["SUBJECT_COLUMN", "Source", "source"]
+
+SUBJECT_COLUMN = "__maillage_s"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset as the policy sees it for one caller."""
+
+    slug: str
+    physical: str
+    visible: tuple[str, ...]
+    required: bool
+    k: int | None
+    functions: frozenset[str]
+    min_max_on_personal: bool
+    identifiers: frozenset[str]
+    personal: frozenset[str]
+    subject: tuple[str, ...]
+    row_filter: tuple[RowPredicate, ...]
+    consent_filter: str | None
+
+    def scan(self, alias: exp.Identifier, columns: list[exp.Identifier]) -> exp.Subquery:
+        """The subquery standing for the dataset, aliased ``alias`` (with optional column aliases)."""
+        items: list[exp.Expr] = [exp.column(name, quoted=True) for name in self.visible]
+        if self.required:
+            items.append(exp.alias_(_subject_expression(self.subject), SUBJECT_COLUMN, quoted=True))
+        select = exp.Select(expressions=items).from_(_physical(self.physical).copy(), copy=False)
+        conditions = [_predicate(predicate) for predicate in self.row_filter]
+        if self.consent_filter is not None:
+            conditions.append(exp.Paren(this=_consent(self.consent_filter).copy()))
+        if conditions:
+            select.where(exp.and_(*conditions, copy=False), copy=False)
+        table_alias = exp.TableAlias(this=alias, columns=columns or None)
+        return exp.Subquery(this=select, alias=table_alias)
+
+
+def source(info: DatasetInfo, permission: Permission) -> Source:
+    """The :class:`Source` for ``info`` under ``permission``; refuses permissions the engine cannot enforce."""
+    schema = info.schema
+    names = [field.name for field in schema.fields]
+    terms = permission.terms
+    if terms is None:
+        # No agreement: only an open dataset, read as it is published.
+        if info.access is not AccessLevel.OPEN:
+            raise PolicyError(TABLE_NOT_ALLOWED, f"table {info.slug} is not available to this caller")
+        return Source(
+            slug=info.slug,
+            physical=info.physical,
+            visible=tuple(names),
+            required=False,
+            k=None,
+            functions=frozenset(),
+            min_max_on_personal=False,
+            identifiers=frozenset(),
+            personal=frozenset(),
+            subject=(),
+            row_filter=(),
+            consent_filter=permission.consent_filter,
+        )
+    granted = set(terms.columns)
+    visible = tuple(name for name in names if name in granted)
+    aggregation = terms.aggregation
+    required = aggregation.mode == "required"
+    personal = frozenset(field.name for field in schema.fields if field.personal)
+    if not required and (info.access is AccessLevel.PROTECTED or personal):
+        # The registry refuses such terms (check_against_dataset); never serve rows of personal data anyway.
+        raise PolicyError(TABLE_NOT_ALLOWED, f"table {info.slug} is not available to this caller")
+    subject: tuple[str, ...] = ()
+    identifiers: frozenset[str] = frozenset()
+    if required:
+        key = schema.subject_key
+        if key is not None:
+            subject = (key.name,)
+        elif schema.primary_key:
+            # Non-personal protected data: a "subject" is a row, identified by the primary key.
+            subject = tuple(schema.primary_key)
+        else:
+            raise PolicyError(
+                UNSUPPORTED_SHAPE, f"dataset {info.slug} declares neither a subject_key nor a primary key to count on"
+            )
+        identifiers = frozenset(
+            {field.name for field in schema.fields if field.identifier or field.subject_key}
+            | set(aggregation.forbidden_group_keys)
+            | ({subject[0]} if len(subject) == 1 else set())
+        )
+    return Source(
+        slug=info.slug,
+        physical=info.physical,
+        visible=visible,
+        required=required,
+        k=aggregation.min_group_size if required else None,
+        functions=frozenset(aggregation.functions),
+        min_max_on_personal=aggregation.min_max_on_personal,
+        identifiers=identifiers,
+        personal=personal,
+        subject=subject,
+        row_filter=tuple(terms.row_filter),
+        consent_filter=permission.consent_filter,
+    )
+
+
+def _subject_expression(columns: tuple[str, ...]) -> exp.Expr:
+    if len(columns) == 1:
+        return exp.column(columns[0], quoted=True)
+    # count(DISTINCT (a, b)) counts distinct rows of a composite key in DuckDB.
+    return exp.Tuple(expressions=[exp.column(name, quoted=True) for name in columns])
+
+
+def _predicate(predicate: RowPredicate) -> exp.Expr:
+    column = exp.column(predicate.column, quoted=True)
+    values = [exp.convert(value) for value in predicate.values]
+    op = predicate.op
+    result: exp.Expr
+    if op is Operator.EQ:
+        result = exp.EQ(this=column, expression=values[0])
+    elif op is Operator.NE:
+        result = exp.NEQ(this=column, expression=values[0])
+    elif op is Operator.LT:
+        result = exp.LT(this=column, expression=values[0])
+    elif op is Operator.LE:
+        result = exp.LTE(this=column, expression=values[0])
+    elif op is Operator.GT:
+        result = exp.GT(this=column, expression=values[0])
+    elif op is Operator.GE:
+        result = exp.GTE(this=column, expression=values[0])
+    elif op is Operator.IN:
+        result = exp.In(this=column, expressions=values)
+    elif op is Operator.NOT_IN:
+        result = exp.Not(this=exp.In(this=column, expressions=values))
+    elif op is Operator.BETWEEN:
+        result = exp.Between(this=column, low=values[0], high=values[1])
+    elif op is Operator.IS_NULL:
+        result = exp.Is(this=column, expression=exp.Null())
+    elif op is Operator.IS_NOT_NULL:
+        result = exp.Not(this=exp.Is(this=column, expression=exp.Null()))
+    else:  # pragma: no cover - a new operator must be mapped here before it is enforced
+        raise PolicyError(UNSUPPORTED_SHAPE, f"row filter operator {op} is not supported")
+    # Parenthesised so that NULL comparisons and NOTs combine as written, whatever surrounds them.
+    return exp.Paren(this=result)
+
+
+@lru_cache(maxsize=256)
+def _physical(name: str) -> exp.Table:
+    return exp.to_table(name, dialect="duckdb")
+
+
+@lru_cache(maxsize=256)
+def _consent(sql: str) -> exp.Expr:
+    return sqlglot.parse_one(sql, read="duckdb")

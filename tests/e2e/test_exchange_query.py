@@ -1,0 +1,294 @@
+"""The compute-to-data path end to end: a real nats-server, the registry (agreement, DPO review, grant in KV) and
+an exchange node (ingestion, policy, sandboxed DuckDB workers, suppression, audit), over HTTP and NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa  # type: ignore[import-untyped]
+import pytest
+from fastapi.testclient import TestClient
+
+from catalog.seeds import SeedTerritory, demo_published
+from contracts.envelope import Envelope
+from contracts.events import DatasetUpsertedV1
+from exchange.app import create_app as create_exchange
+from exchange.config import ExchangeSettings
+from kit.advertisements import apply_advertisement
+from kit.auth import AuthMethod, Principal, Role
+from kit.messaging import Messaging
+from kit.nats_server import NatsServer
+from kit.testing.factories import bootstrap_key, operator_principal, service_settings
+from registry.app import create_app as create_registry
+from registry.config import RegistrySettings
+
+pytestmark = pytest.mark.integration
+
+DIJON = "242100410"
+PARTNER = "73282932000074"
+SAMPLE = Path(__file__).resolve().parents[2] / "contracts/standards/schema-comptage-mobilites/measure"
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def water_csv(rng: random.Random) -> bytes:
+    """Household water consumption: 3 communes of 120, 60 and 4 meters, 12 months."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["meter_id", "commune_insee", "month", "volume_m3", "household_size"])
+    meters = [("21231", 120), ("21166", 60), ("21617", 4)]
+    for commune, count in meters:
+        for index in range(count):
+            for month in range(1, 13):
+                writer.writerow(
+                    [
+                        f"CPT-{commune}-{index:04d}",
+                        commune,
+                        f"2024-{month:02d}-01",
+                        round(rng.uniform(2, 20), 2),
+                        rng.randint(1, 6),
+                    ]
+                )
+    return out.getvalue().encode()
+
+
+@dataclass
+class Federation:
+    registry: TestClient
+    exchange: TestClient
+    keys: dict[str, str]
+    nats: NatsServer
+
+    def auth(self, who: str, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[who]}", **extra}
+
+
+def advertise(*clients: TestClient) -> None:
+    territory = SeedTerritory(DIJON, "Dijon Métropole", ("21231", "21166", "21617"), "dijon")
+    for dataset in demo_published(territory, catalog_url="http://c.test", exchange_url="http://e.test"):
+        event = DatasetUpsertedV1(dataset=dataset)
+        envelope = Envelope(source="test", type=event.cloud_type(), data=event.to_data())
+        for client in clients:
+            with client.app.state.ctx.database.unit_of_work() as session:  # type: ignore[attr-defined]
+                apply_advertisement(session, envelope)
+
+
+@pytest.fixture
+def federation(own_nats_server: NatsServer, tmp_path: Path) -> Iterator[Federation]:
+    keyring = tmp_path / "keyring.json"
+
+    def key(subject: str, kind: str, organisation: str | None = None, roles: set[Role] | None = None) -> str:
+        principal = Principal(
+            subject=subject,
+            organisation=organisation,
+            territory_roles={DIJON: frozenset(roles)} if roles else {},
+            auth_method=AuthMethod.BOOTSTRAP_KEY,
+        )
+        return bootstrap_key(keyring, principal, kind=kind)
+
+    keys = {
+        "operator": bootstrap_key(keyring, operator_principal()),
+        "partner": key("partner-analyst", "prt", organisation=PARTNER),
+        "steward": key("steward-dijon", "stw", roles={Role.STEWARD}),
+        "dpo": key("dpo-dijon", "dpo", roles={Role.DPO}),
+    }
+    registry = create_registry(
+        service_settings(
+            RegistrySettings,
+            data_dir=tmp_path / "registry",
+            nats_url=own_nats_server.url,
+            keyring_file=keyring,
+            grants_reconcile_interval=1.0,
+        )
+    )
+    exchange = create_exchange(
+        service_settings(
+            ExchangeSettings,
+            data_dir=tmp_path / "exchange",
+            nats_url=own_nats_server.url,
+            keyring_file=keyring,
+            node_id="dijon",
+            territories=[DIJON],
+            sandbox_workers=2,
+            query_timeout_seconds=10.0,
+        )
+    )
+    with TestClient(registry) as reg, TestClient(exchange) as exc:
+        advertise(reg, exc)
+        fed = Federation(registry=reg, exchange=exc, keys=keys, nats=own_nats_server)
+        reg.post(
+            "/v1/organisations",
+            json={"siret": PARTNER, "name": "Mobilab SAS", "contact_email": "contact@mobilab.example"},
+            headers=fed.auth("operator"),
+        )
+        yield fed
+
+
+def activate(fed: Federation, **overrides: object) -> str:
+    now = datetime.now(UTC)
+    terms = {
+        "dataset": f"{DIJON}/consommation-eau-menages",
+        "consumer": PARTNER,
+        "purpose": {"iri": "https://w3id.org/dpv#ScientificResearch", "text": "Étude des consommations par commune"},
+        "legal_basis": "A6-1-e",
+        "columns": ["meter_id", "commune_insee", "month", "volume_m3"],
+        "aggregation": {
+            "mode": "required",
+            "min_group_size": 10,
+            "functions": ["count", "sum", "avg"],
+            "forbidden_group_keys": ["meter_id"],
+        },
+        "quota": {"queries_per_day": 50},
+        "valid_from": now.isoformat(),
+        "valid_until": (now + timedelta(days=30)).isoformat(),
+        **overrides,
+    }
+    created = fed.registry.post("/v1/agreements", json={"terms": terms}, headers=fed.auth("partner"))
+    assert created.status_code == 201, created.text
+    aid = created.json()["id"]
+    for who, action in (("steward", "offer"), ("partner", "accept"), ("dpo", "approve")):
+        response = fed.registry.post(f"/v1/agreements/{aid}/{action}", headers=fed.auth(who))
+        assert response.status_code == 200, response.text
+    engine = fed.exchange.app.state.engine  # type: ignore[attr-defined]
+    eventually(lambda: engine.grants.get(aid) is not None, "the grant on the exchange")
+    return aid
+
+
+def query(fed: Federation, sql: str, agreement_id: str | None = None, accept: str | None = None):
+    headers = fed.auth("partner", **({"Accept": accept} if accept else {}))
+    return fed.exchange.post(
+        f"/v1/territories/{DIJON}/query", json={"sql": sql, "agreement_id": agreement_id}, headers=headers
+    )
+
+
+def test_ingest_query_suppress_audit(federation: Federation):
+    fed = federation
+    upload = fed.exchange.post(
+        f"/v1/territories/{DIJON}/datasets/consommation-eau-menages/data?mode=replace",
+        content=water_csv(random.Random(7)),
+        headers=fed.auth("steward", **{"Content-Type": "text/csv"}),
+    )
+    assert upload.status_code == 201, upload.text
+    assert upload.json()["rows_total"] == (120 + 60 + 4) * 12
+    refused_upload = fed.exchange.post(
+        f"/v1/territories/{DIJON}/datasets/consommation-eau-menages/data", content=b"x", headers=fed.auth("partner")
+    )
+    assert refused_upload.status_code == 403
+
+    # Without an agreement, protected data does not exist for the partner.
+    response = query(fed, 'SELECT commune_insee, sum(volume_m3) FROM "consommation-eau-menages" GROUP BY 1')
+    assert response.status_code == 403 and response.json()["error"] == "policy.table_not_allowed"
+
+    aid = activate(fed)
+    sql = 'SELECT commune_insee, count(*) AS n, sum(volume_m3) AS m3 FROM "consommation-eau-menages" GROUP BY 1'
+    response = query(fed, sql, aid)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    table = pa.ipc.open_stream(response.content).read_all()
+    assert sorted(table.column("commune_insee").to_pylist()) == ["21166", "21231"]  # 4 meters: suppressed
+    assert "__maillage_k" not in table.column_names
+    assert response.headers["x-maillage-suppressed-groups"] == "1"
+    audit_id = response.headers["x-maillage-audit-id"]
+
+    as_json = query(fed, sql, accept="application/json")  # the only grant on the dataset: no id needed
+    assert as_json.status_code == 200 and {row["commune_insee"] for row in as_json.json()} == {"21166", "21231"}
+    as_csv = query(fed, sql, aid, accept="text/csv")
+    assert as_csv.text.splitlines()[0] == "commune_insee,n,m3"
+
+    # Refusals are specific, audited, and leave the node answering.
+    for bad, code in (
+        ('SELECT meter_id, sum(volume_m3) FROM "consommation-eau-menages" GROUP BY 1', "policy.identifier_group_key"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "policy.table_not_allowed"),
+        ('SELECT household_size FROM "consommation-eau-menages"', "policy.unknown_column"),
+        ("SELECT 1; DROP TABLE x", "policy.multiple_statements"),
+    ):
+        refused = query(fed, bad, aid)
+        assert refused.status_code in (400, 403, 422), refused.text
+        assert refused.json()["error"] == code, refused.text
+        assert refused.json()["audit_id"]
+    assert query(fed, sql, aid).status_code == 200
+
+    log = fed.exchange.get(f"/v1/territories/{DIJON}/audit", headers=fed.auth("dpo")).json()
+    assert [r["decision"] for r in log].count("refused") == 5 and any(r["id"] == audit_id for r in log)
+    assert all("CPT-" not in r["sql_masked"] for r in log)
+    assert fed.exchange.get(f"/v1/territories/{DIJON}/audit", headers=fed.auth("partner")).status_code == 403
+    verified = fed.exchange.get(f"/v1/territories/{DIJON}/audit/verify", headers=fed.auth("dpo")).json()
+    assert verified["valid"] is True and verified["records"] == len(log)
+
+
+def test_nats_query_and_revocation(federation: Federation):
+    fed = federation
+    fed.exchange.post(
+        f"/v1/territories/{DIJON}/datasets/consommation-eau-menages/data?mode=replace",
+        content=water_csv(random.Random(3)),
+        headers=fed.auth("steward", **{"Content-Type": "text/csv"}),
+    )
+    aid = activate(fed)
+    sql = 'SELECT month, avg(volume_m3) AS m3 FROM "consommation-eau-menages" GROUP BY 1'
+
+    async def over_nats() -> tuple[dict, bytes]:
+        messaging = Messaging(fed.nats.url, name="gateway-test", declare=False)
+        await messaging.start()
+        await messaging.wait_ready(10)
+        try:
+            assert messaging.nc is not None
+            reply = await messaging.nc.request(
+                f"exchange.{DIJON}.query",
+                json.dumps({"sql": sql, "agreement_id": aid}).encode(),
+                timeout=10,
+                headers={"Authorization": f"Bearer {fed.keys['partner']}"},
+            )
+            return dict(reply.headers or {}), reply.data
+        finally:
+            await messaging.close()
+
+    headers, body = asyncio.run(over_nats())
+    assert headers["Maillage-Status"] == "200"
+    assert pa.ipc.open_stream(body).read_all().num_rows == 12
+
+    revoked = fed.registry.post(
+        f"/v1/agreements/{aid}/revoke", json={"reason": "fin de l'étude"}, headers=fed.auth("dpo")
+    )
+    assert revoked.status_code == 200
+    started = time.monotonic()
+    eventually(lambda: query(fed, sql, aid).status_code == 403, "the revocation to refuse queries", 5)
+    assert time.monotonic() - started < 2
+    assert query(fed, sql, aid).json()["error"] == "policy.no_agreement"
+
+
+def test_open_data_needs_no_agreement_and_downloads(federation: Federation):
+    fed = federation
+    measures = (SAMPLE / "exemple-valide-eco-compteur.csv").read_bytes()
+    upload = fed.exchange.post(
+        f"/v1/territories/{DIJON}/datasets/comptages-velo/data",
+        content=measures,
+        headers=fed.auth("steward", **{"Content-Type": "text/csv"}),
+    )
+    assert upload.status_code == 201, upload.text
+    rows = query(
+        fed,
+        'SELECT channel_id, count FROM "comptages-velo" WHERE count > 100 ORDER BY count DESC LIMIT 5',
+        accept="application/json",
+    )
+    assert rows.status_code == 200 and len(rows.json()) == 5
+    csv_file = fed.exchange.get(f"/v1/territories/{DIJON}/datasets/comptages-velo/data.csv")
+    assert csv_file.status_code == 200 and csv_file.text.count("\n") == 3651  # header + 3,650 measures
+    parquet = fed.exchange.get(f"/v1/territories/{DIJON}/datasets/comptages-velo/data.parquet")
+    assert parquet.status_code == 200 and parquet.content[:4] == b"PAR1"
+    closed = fed.exchange.get(f"/v1/territories/{DIJON}/datasets/consommation-eau-menages/data.csv")
+    assert closed.status_code == 403 and closed.json()["error"] == "policy.not_open"
