@@ -77,8 +77,10 @@ class GrantCache:
             except BucketNotFoundError:
                 self.last_error = "the grants bucket does not exist yet"
             except Exception as exc:  # noqa: BLE001 - watch again after any failure
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("grants watch: %s", self.last_error)
+                error = f"{type(exc).__name__}: {exc}"
+                if error != self.last_error:  # once per distinct failure, not twice a second during an outage
+                    log.warning("grants watch: %s", error)
+                self.last_error = error
             await asyncio.sleep(0.5)
 
     def _replace(self, snapshot: dict[str, Grant]) -> None:

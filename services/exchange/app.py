@@ -133,14 +133,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             source=ctx.source,
             max_rows=exchange_settings.max_result_rows,
         )
-        ingestor = StreamingIngestor(
-            storage=storage,
-            messaging=ctx.messaging,
-            schemas=schema_of(ctx),
-            territories=exchange_settings.territories,
-            durable=f"exchange-{exchange_settings.node_id}-ingest",
-        )
-        await ingestor.start()
+        ingestor: StreamingIngestor | None = None
+        if exchange_settings.territories:  # a node without territories has nothing to ingest
+            ingestor = StreamingIngestor(
+                storage=storage,
+                messaging=ctx.messaging,
+                schemas=schema_of(ctx),
+                territories=exchange_settings.territories,
+                durable=f"exchange-{exchange_settings.node_id}-ingest",
+            )
+            await ingestor.start()
         app.state.storage, app.state.engine = storage, engine
         state.update(sandbox=sandbox, grants=grants, ingestor=ingestor, subscriptions=[])
 
@@ -165,8 +167,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             ctx.messaging.on_ready(subscribe)
 
     async def on_shutdown(ctx: ServiceContext) -> None:
-        if "ingestor" in state:
-            await state["ingestor"].stop()
+        if "grants" in state:
+            if state["ingestor"] is not None:
+                await state["ingestor"].stop()
             await state["grants"].stop()
             await state["sandbox"].stop()
         if ctx.key_verifier is not None:

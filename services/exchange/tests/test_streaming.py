@@ -10,7 +10,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from contracts.datasets import TableSchema
 from exchange import streaming
@@ -57,13 +57,10 @@ def storage(tmp_path: Path) -> Storage:
 
 @pytest.fixture
 async def bus(own_nats_server: NatsServer) -> AsyncIterator[Messaging]:
-    """A connected Messaging with the federation's streams, plus the INGEST stream proposed for contracts."""
+    """A connected Messaging with the federation's streams (INGEST among them)."""
     client = Messaging(own_nats_server.url, name="tests")
     await client.start()
     await client.wait_ready(timeout=10)
-    await client.js.add_stream(
-        StreamConfig(name="INGEST", subjects=["exchange.ingest.>"], duplicate_window=120.0, max_age=7 * 86400.0)
-    )
     yield client
     await client.close()
 
