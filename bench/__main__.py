@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import catalog_propagation, catalog_search, ingestion, messaging, registry
+from bench import catalog_propagation, catalog_search, ingestion, messaging, query, registry
 from bench.report import Result, write_section
 
 BENCHMARKS: dict[str, Callable[[], Result]] = {
@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, Callable[[], Result]] = {
     "catalog-propagation": catalog_propagation.run,
     "registry": registry.run,
     "ingestion": ingestion.run,
+    "query": query.run,
 }
 
 

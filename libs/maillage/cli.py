@@ -25,6 +25,7 @@ from maillage.bootstrap import (
     locked,
     save_federation,
 )
+from maillage.demo_data import ingest_demo_data
 from maillage.federation import (
     DEFAULT_BASE_PORT,
     DEFAULT_NATS_PORT,
@@ -137,6 +138,9 @@ def up(
                 problem = ensure_demo_partner(federation, root, keys)
                 if problem is not None:
                     console.print(f"[yellow]Demo partner not set up: {problem}[/]", soft_wrap=True)
+                with console.status("Loading the demo data into the exchanges..."):
+                    for problem in ingest_demo_data(federation, keys):
+                        console.print(f"[yellow]Demo data not loaded: {problem}[/]", soft_wrap=True)
                 _print_federation(console, federation, root, keys, issued)
 
             code = supervisor.run(on_ready=on_ready)

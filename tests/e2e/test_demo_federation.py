@@ -74,20 +74,17 @@ def test_demo_federation_end_to_end(demo: UpProcess):
     keys = {key.label: key.secret for key in read_keys_file(demo.data_dir / "keys.txt")}
     for label in ("admin", f"steward-{DIJON}", f"dpo-{DIJON}"):
         assert keys[label] in output, f"key {label} not printed"
-    # The demo partner holds a federated key and negotiates with Dijon, whose datasets the registry learnt from the
-    # catalog's advertisements.
+    # The demo partner holds a federated key, negotiates with Dijon (its datasets the registry learnt from the
+    # catalog's advertisements; the DPO reviews, the data being personal), then computes on Dijon's exchange.
     partner = {"Authorization": f"Bearer {keys['partner-73282932000074']}"}
     now = datetime.now(UTC)
     terms = {
-        "dataset": f"{DIJON}/frequentation-bus",
+        "dataset": f"{DIJON}/consommation-eau-menages",
         "consumer": "73282932000074",
-        "purpose": {
-            "iri": "https://w3id.org/dpv#ServiceOptimisation",
-            "text": "Optimiser les correspondances bus-vélo",
-        },
+        "purpose": {"iri": "https://w3id.org/dpv#ScientificResearch", "text": "Consommations d'eau par commune"},
         "legal_basis": "A6-1-e",
-        "columns": ["stop_id", "line_id", "day", "hour", "boardings"],
-        "aggregation": {"mode": "none"},
+        "columns": ["meter_id", "commune_insee", "month", "volume_m3"],
+        "aggregation": {"mode": "required", "min_group_size": 10, "forbidden_group_keys": ["meter_id"]},
         "valid_from": now.isoformat(),
         "valid_until": (now + timedelta(days=90)).isoformat(),
     }
@@ -95,10 +92,27 @@ def test_demo_federation_end_to_end(demo: UpProcess):
         lambda: client.post(f"{registry}/v1/agreements", json={"terms": terms}, headers=partner).status_code == 201,
         "the registry to accept the partner's request",
     )
-    steward_dijon = {"Authorization": f"Bearer {keys[f'steward-{DIJON}']}"}
     [agreement] = client.get(f"{registry}/v1/agreements", headers=partner).json()
-    offered = client.post(f"{registry}/v1/agreements/{agreement['id']}/offer", headers=steward_dijon)
-    assert offered.json()["state"] == "OFFERED"
+    aid = agreement["id"]
+    for who, action in (
+        (f"steward-{DIJON}", "offer"),
+        ("partner-73282932000074", "accept"),
+        (f"dpo-{DIJON}", "approve"),
+    ):
+        done = client.post(f"{registry}/v1/agreements/{aid}/{action}", headers={"Authorization": f"Bearer {keys[who]}"})
+        assert done.status_code == 200, done.text
+    exchange = instances["dijon-exchange"].url
+    sql = 'SELECT commune_insee, count(*) AS n, sum(volume_m3) AS m3 FROM "consommation-eau-menages" GROUP BY 1'
+
+    def answered() -> bool:
+        response = client.post(
+            f"{exchange}/v1/territories/{DIJON}/query",
+            json={"sql": sql, "agreement_id": aid},
+            headers={**partner, "Accept": "application/json"},
+        )
+        return response.status_code == 200 and len(response.json()) >= 1
+
+    eventually(answered, "the partner's query on Dijon's exchange (demo data loaded, grant seen)")
     whoami = client.get(f"{catalogs[0]}/v1/whoami", headers={"Authorization": f"Bearer {keys[f'steward-{DIJON}']}"})
     assert whoami.status_code == 200
     assert whoami.json()["territory_roles"] == {DIJON: ["steward"]}
