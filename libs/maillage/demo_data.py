@@ -45,6 +45,21 @@ def water_readings(siren: str, communes: list[str], meters: int = 400, months: i
     return out.getvalue().encode("utf-8")
 
 
+def _upload(client: httpx.Client, url: str, body: bytes, headers: dict[str, str], timeout: float) -> str | None:
+    # The exchange learns the dataset's schema from the catalog's advertisement: retry while it answers 404.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return str(exc)
+        if response.status_code == 201:
+            return None
+        if response.status_code != 404 or time.monotonic() > deadline:
+            return f"{response.status_code} {response.text[:160]}"
+        time.sleep(0.5)
+
+
 def ingest_demo_data(federation: Federation, keys: list[BootstrapKey], *, timeout: float = 60.0) -> list[str]:
     """Upload the demo data of every territory whose exchange holds none yet; returns problems (empty when fine)."""
     problems: list[str] = []
@@ -58,7 +73,13 @@ def ingest_demo_data(federation: Federation, keys: list[BootstrapKey], *, timeou
                     continue
                 headers = {"Authorization": f"Bearer {secret}", "Content-Type": "text/csv"}
                 base = f"{node.urls.exchange}/v1/territories/{siren}"
-                held = {d["slug"] for d in client.get(f"{base}/datasets").json()}
+                try:
+                    listing = client.get(f"{base}/datasets")
+                    listing.raise_for_status()
+                    held = {d["slug"] for d in listing.json()}
+                except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                    problems.append(f"{siren}: the exchange at {node.urls.exchange} did not list its data ({exc})")
+                    continue
                 communes = [c.insee for c in federation.territory(siren).communes] or ["21231"]
                 uploads = {
                     "comptages-velo": measures,
@@ -67,15 +88,7 @@ def ingest_demo_data(federation: Federation, keys: list[BootstrapKey], *, timeou
                 for slug, body in uploads.items():
                     if slug in held:
                         continue
-                    # The exchange learns the dataset's schema from the catalog's advertisement: wait for it.
-                    deadline = time.monotonic() + timeout
-                    while True:
-                        response = client.post(
-                            f"{base}/datasets/{slug}/data?mode=replace", content=body, headers=headers
-                        )
-                        if response.status_code != 404 or time.monotonic() > deadline:
-                            break
-                        time.sleep(0.5)
-                    if response.status_code != 201:
-                        problems.append(f"{siren}/{slug}: {response.status_code} {response.text[:160]}")
+                    problem = _upload(client, f"{base}/datasets/{slug}/data?mode=replace", body, headers, timeout)
+                    if problem is not None:
+                        problems.append(f"{siren}/{slug}: {problem}")
     return problems
