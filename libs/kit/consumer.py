@@ -32,7 +32,7 @@ from kit.db import Database
 from kit.messaging import Messaging
 from kit.telemetry import extract_context
 
-__all__ = ["ConsumerCheckpoint", "DurableConsumer", "MessageHandler", "ProcessedMessage"]
+__all__ = ["ConsumerCheckpoint", "DurableConsumer", "MessageHandler", "ProcessedMessage", "dead_letter"]
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -246,21 +246,49 @@ class DurableConsumer:
             return True
 
     async def _dead_letter(self, msg: Msg, reason: str, delivered: int) -> None:
-        headers = {
-            "Maillage-Original-Subject": msg.subject,
-            "Maillage-Consumer": self.durable,
-            "Maillage-Reason": reason[:500],
-            "Maillage-Deliveries": str(delivered),
-        }
-        if msg.headers and "Nats-Msg-Id" in msg.headers:
-            headers["Nats-Msg-Id"] = f"dl-{self.durable}-{msg.headers['Nats-Msg-Id']}"
-        try:
-            await self.messaging.js.publish(subjects.dead_letter(self.durable), msg.data, headers=headers, timeout=2)
-        except Exception as exc:  # noqa: BLE001 - keep the message: it comes back and we try again
-            log.warning("consumer %s: dead-letter publish failed: %s", self.durable, exc)
-            await msg.nak(delay=self.retry_delay)
-            return
-        self.dead_lettered += 1
-        outcome_counter.add(1, {"consumer": self.durable, "outcome": "dead_lettered"})
-        log.error("consumer %s: message on %s dead-lettered (%s)", self.durable, msg.subject, reason)
-        await msg.term()
+        message_id = msg.headers.get("Nats-Msg-Id") if msg.headers else None
+        if await dead_letter(
+            self.messaging,
+            self.durable,
+            msg,
+            reason,
+            deliveries=delivered,
+            message_id=message_id,
+            retry_delay=self.retry_delay,
+        ):
+            self.dead_lettered += 1
+            outcome_counter.add(1, {"consumer": self.durable, "outcome": "dead_lettered"})
+
+
+async def dead_letter(
+    messaging: Messaging,
+    consumer: str,
+    msg: Msg,
+    reason: str,
+    *,
+    deliveries: int,
+    message_id: str | None,
+    retry_delay: float,
+) -> bool:
+    """Copy ``msg`` to ``deadletter.<consumer>`` with the reason, then terminate it; True when done.
+
+    When the copy cannot be published, the message is nak'ed instead (it comes back and is tried again): a message
+    is never dropped without a trace.
+    """
+    headers = {
+        "Maillage-Original-Subject": msg.subject,
+        "Maillage-Consumer": consumer,
+        "Maillage-Reason": reason[:500],
+        "Maillage-Deliveries": str(deliveries),
+    }
+    if message_id:
+        headers["Nats-Msg-Id"] = f"dl-{consumer}-{message_id}"
+    try:
+        await messaging.js.publish(subjects.dead_letter(consumer), msg.data, headers=headers, timeout=2)
+    except Exception as exc:  # noqa: BLE001 - keep the message: it comes back and is tried again
+        log.warning("consumer %s: dead-letter publish failed: %s", consumer, exc)
+        await msg.nak(delay=retry_delay)
+        return False
+    log.error("consumer %s: message on %s dead-lettered (%s)", consumer, msg.subject, reason)
+    await msg.term()
+    return True

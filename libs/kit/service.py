@@ -17,16 +17,17 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlmodel import Session
 
+from contracts.identifiers import SubjectTokenError, validate_siren, validate_slug
 from kit.auth import Keyring, Principal
 from kit.auth.remote import RegistryKeyVerifier
 from kit.consumer import DurableConsumer
 from kit.db import Database
-from kit.errors import Unauthorized, install_error_handlers
+from kit.errors import NotFound, Unauthorized, Unprocessable, install_error_handlers
 from kit.logs import configure_logging
 from kit.messaging import Messaging
 from kit.outbox import OutboxRelay, pending_count
@@ -36,6 +37,8 @@ from kit.telemetry import instrument_app, setup_telemetry
 __all__ = [
     "CallerPrincipal",
     "ContextDep",
+    "TerritoryPath",
+    "SlugPath",
     "CurrentPrincipal",
     "OptionalPrincipal",
     "ServiceContext",
@@ -142,6 +145,29 @@ def get_optional_principal(request: Request, ctx: ContextDep) -> Principal | Non
 
 
 OptionalPrincipal = Annotated[Principal | None, Depends(get_optional_principal)]
+
+
+def hosted_territory(ctx: ContextDep, siren: Annotated[str, Path(description="SIREN of a territory")]) -> str:
+    """The SIREN of the path: validated (422 ``territory.invalid``) and hosted here (404 ``territory.not_hosted``)."""
+    try:
+        validate_siren(siren)
+    except SubjectTokenError as exc:
+        raise Unprocessable(str(exc), code="territory.invalid") from exc
+    if siren not in ctx.settings.territories:
+        raise NotFound(f"territory {siren} is not hosted on this node", code="territory.not_hosted")
+    return siren
+
+
+def valid_slug(slug: Annotated[str, Path(description="slug of a dataset, [a-z0-9-]")]) -> str:
+    """The dataset slug of the path, validated (422 ``dataset.invalid_slug``)."""
+    try:
+        return validate_slug(slug)
+    except SubjectTokenError as exc:
+        raise Unprocessable(str(exc), code="dataset.invalid_slug") from exc
+
+
+TerritoryPath = Annotated[str, Depends(hosted_territory)]
+SlugPath = Annotated[str, Depends(valid_slug)]
 
 
 class HealthStatus(BaseModel):

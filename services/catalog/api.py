@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sqlmodel import col, select
 
 from catalog import service
@@ -31,11 +31,10 @@ from catalog.schemas import (
 from catalog.search import SearchIndex, SearchQuery, SearchResult
 from catalog.service import Publication
 from contracts.datasets import AccessLevel, DataStatus, PublishedDataset
-from contracts.identifiers import SubjectTokenError, validate_siren, validate_slug
 from contracts.vocabularies import DataTheme
 from kit.auth import Principal, Role
 from kit.errors import BadRequest, Forbidden, NotFound, Unprocessable
-from kit.service import ContextDep, CurrentPrincipal, OptionalPrincipal, SessionDep
+from kit.service import ContextDep, CurrentPrincipal, OptionalPrincipal, SessionDep, SlugPath, TerritoryPath
 
 __all__ = ["router"]
 
@@ -44,26 +43,8 @@ router = APIRouter(prefix="/v1")
 MAX_SAMPLE_BYTES = 20 * 1024 * 1024
 
 
-def hosted_territory(ctx: ContextDep, siren: Annotated[str, Path(description="SIREN of a hosted territory")]) -> str:
-    """The SIREN of the path, validated and hosted on this node."""
-    try:
-        validate_siren(siren)
-    except SubjectTokenError as exc:
-        raise Unprocessable(str(exc), code="dataset.invalid_territory") from exc
-    if siren not in ctx.settings.territories:
-        raise NotFound(f"territory {siren} is not hosted on this node", code="territory.not_hosted")
-    return siren
-
-
-def valid_slug(slug: Annotated[str, Path(description="slug of the dataset, [a-z0-9-]")]) -> str:
-    try:
-        return validate_slug(slug)
-    except SubjectTokenError as exc:
-        raise Unprocessable(str(exc), code="dataset.invalid_slug") from exc
-
-
-Territory = Annotated[str, Depends(hosted_territory)]
-SlugDep = Annotated[str, Depends(valid_slug)]
+Territory = TerritoryPath
+SlugDep = SlugPath
 
 
 def publication(ctx: ContextDep) -> Publication:

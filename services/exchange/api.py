@@ -14,7 +14,6 @@ from pydantic import BaseModel
 from sqlmodel import col, select
 
 from contracts.datasets import AccessLevel, DatasetMetadata
-from contracts.identifiers import SubjectTokenError, validate_siren, validate_slug
 from contracts.requests import QueryRequestV1
 from exchange.audit import AuditRecord, ChainReport, verify_chain
 from exchange.config import ExchangeSettings
@@ -24,33 +23,15 @@ from exchange.storage import Storage, export_csv
 from kit.advertisements import published_metadata
 from kit.auth import Principal, Role
 from kit.errors import Forbidden, NotFound, Unprocessable
-from kit.service import CallerPrincipal, ContextDep, SessionDep
+from kit.service import CallerPrincipal, ContextDep, SessionDep, SlugPath, TerritoryPath
 
 __all__ = ["negotiate_result", "router"]
 
 router = APIRouter(prefix="/v1/territories/{siren}")
 
 
-def hosted_territory(ctx: ContextDep, siren: str) -> str:
-    """The SIREN of the path, validated and hosted on this node."""
-    try:
-        validate_siren(siren)
-    except SubjectTokenError as exc:
-        raise Unprocessable(str(exc), code="exchange.invalid_territory") from exc
-    if siren not in ctx.settings.territories:
-        raise NotFound(f"territory {siren} is not hosted on this node", code="territory.not_hosted")
-    return siren
-
-
-def valid_slug(slug: str) -> str:
-    try:
-        return validate_slug(slug)
-    except SubjectTokenError as exc:
-        raise Unprocessable(str(exc), code="exchange.invalid_slug") from exc
-
-
-Territory = Annotated[str, Depends(hosted_territory)]
-Slug = Annotated[str, Depends(valid_slug)]
+Territory = TerritoryPath
+Slug = SlugPath
 
 
 def engine(request: Request) -> QueryEngine:

@@ -38,6 +38,7 @@ from contracts.datasets import TableSchema
 from contracts.identifiers import SubjectTokenError, validate_siren, validate_slug
 from exchange.ingest import IngestError, TableIngestResult, ingest_table
 from exchange.storage import DatasetVersion, Storage
+from kit.consumer import dead_letter
 from kit.messaging import Messaging
 
 __all__ = [
@@ -364,23 +365,18 @@ class StreamingIngestor:
         await msg.ack()
 
     async def _dead_letter(self, msg: Msg, reason: str, result: BatchResult) -> None:
-        headers = {
-            "Maillage-Original-Subject": msg.subject,
-            "Maillage-Consumer": self.durable,
-            "Maillage-Reason": reason[:500],
-            "Maillage-Deliveries": str(msg.metadata.num_delivered or 1),
-            "Nats-Msg-Id": f"dl-{self.durable}-{_message_id(msg)}",
-        }
-        try:
-            await self.messaging.js.publish(subjects.dead_letter(self.durable), msg.data, headers=headers, timeout=2)
-        except Exception as exc:  # noqa: BLE001 - keep the message: it comes back and is tried again
-            log.warning("ingest consumer %s: dead-letter publish failed: %s", self.durable, exc)
+        if await dead_letter(
+            self.messaging,
+            self.durable,
+            msg,
+            reason,
+            deliveries=msg.metadata.num_delivered or 1,
+            message_id=_message_id(msg),
+            retry_delay=self.retry_delay,
+        ):
+            result.dead_lettered += 1
+        else:
             result.retried += 1
-            await msg.nak(delay=self.retry_delay)
-            return
-        result.dead_lettered += 1
-        log.error("ingest consumer %s: message on %s dead-lettered (%s)", self.durable, msg.subject, reason)
-        await msg.term()
 
 
 def _message_id(msg: Msg) -> str:

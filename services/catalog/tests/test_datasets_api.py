@@ -223,7 +223,7 @@ def test_bad_slugs_are_refused_and_nothing_is_stored(node: Node, slug: str):
 def test_bad_territories_are_refused(node: Node, siren: str):
     response = node.client.get(f"/v1/territories/{siren}/datasets")
     assert response.status_code in (404, 422)
-    assert response.json()["error"] in ("dataset.invalid_territory", "http.not_found")
+    assert response.json()["error"] in ("territory.invalid", "http.not_found")
 
 
 def _mutate(base: dict, path: str, value) -> dict:
