@@ -24,6 +24,7 @@ from contracts.datasets import AccessLevel, TableSchema
 from contracts.terms import Terms
 from exchange import audit
 from exchange.policy import DatasetInfo, Permission, plan
+from exchange.policy.scans import SUBJECT_HASH_COLUMN, subject_hash_sql
 from exchange.query import _suppress
 from exchange.sandbox import Attachment, Limits, SandboxPool
 from kit.db import Database
@@ -81,6 +82,10 @@ def _build(root: Path) -> dict[str, Path]:
         path = root / f"{name}.duckdb"
         con = duckdb.connect(str(path))
         con.execute(statement)
+        # The hidden subject hash the exchange's ingestion adds to the query workers' table.
+        subject = '"meter_id"' if name == "water" else '"card_id"'
+        con.execute(f'ALTER TABLE rows ADD COLUMN "{SUBJECT_HASH_COLUMN}" UBIGINT')
+        con.execute(f'UPDATE rows SET "{SUBJECT_HASH_COLUMN}" = {subject_hash_sql(subject)}')
         con.close()
         files[name] = path
     return files
@@ -116,10 +121,16 @@ def _timed(function: Callable[[], Any], runs: int) -> list[float]:
     return durations
 
 
+def _info(name: str, schema: TableSchema) -> DatasetInfo:
+    return DatasetInfo(
+        slug=name, physical=f'ds_{name}.main."rows"', schema=schema, access=AccessLevel.PROTECTED, has_subject_hash=True
+    )
+
+
 def _rewritten(sql: str, name: str) -> str:
     """The SQL the policy engine produces for ``sql`` (what the sandbox runs)."""
     schema = WATER_SCHEMA if name == "water" else TRIPS_SCHEMA
-    info = DatasetInfo(slug=name, physical=f'ds_{name}.main."rows"', schema=schema, access=AccessLevel.PROTECTED)
+    info = _info(name, schema)
     permission = Permission(dataset=name, terms=_terms(name, [f.name for f in schema.fields], schema.fields[0].name))
     return plan(sql, datasets={name: info}, permissions={name: permission}).sql
 
@@ -129,7 +140,7 @@ async def _enforced_runs(
 ) -> tuple[list[float], list[float]]:
     schema = WATER_SCHEMA if name == "water" else TRIPS_SCHEMA
     subject = schema.fields[0].name
-    info = DatasetInfo(slug=name, physical=f'ds_{name}.main."rows"', schema=schema, access=AccessLevel.PROTECTED)
+    info = _info(name, schema)
     permission = Permission(dataset=name, terms=_terms(name, [f.name for f in schema.fields], subject))
     attachment = Attachment(alias=f"ds_{name}", path=path, version="1")
     totals, overheads = [], []
@@ -216,12 +227,14 @@ def run(runs: int = 7, small_runs: int = 300) -> Result:
         notes.append(
             f"Medians over {runs} runs (large) and {small_runs} runs (small), after one warm-up each. Fixed overhead "
             "= policy (parse, check, rewrite) + suppression + audit record; the rest of the difference is the "
-            "sandbox round trip and the k-anonymity count(DISTINCT subject) the rewrite adds to every group."
+            "sandbox round trip and the k-anonymity check the rewrite adds to every group."
         )
         notes.append(
-            "The third column runs the rewritten SQL (granted columns, TRY() against error oracles, count(DISTINCT "
-            "subject) per group, suppression count) on the raw connection: it isolates the price of the exact "
-            "k-anonymity check from the sandbox. The exact distinct count dominates; see docs/EXCHANGE.md."
+            "The third column runs the rewritten SQL (granted columns, TRY() against error oracles, the k check, "
+            "suppression count) on the raw connection: it isolates the price of the k-anonymity check from the "
+            "sandbox. The data files hold the hidden subject hash written at ingestion, so the k check runs in two "
+            "phases: a distinct-bucket lower bound per group, the exact distinct count only for groups below k on "
+            "the bound; see exchange.policy."
         )
         notes.append("Targets: ratio ≤ 1.15 on the 10M-row aggregate; fixed overhead ≤ 5 ms p50 on a small query.")
     return Result(

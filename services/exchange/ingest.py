@@ -27,6 +27,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 from pydantic import BaseModel, Field
 
 from contracts.datasets import SchemaField, TableSchema
+from exchange.policy.scans import SUBJECT_HASH_COLUMN, SUBJECT_HASH_VERSION, subject_hash_sql
 from exchange.storage import DatasetVersion, Storage, VersionWriter, schema_hash
 from kit.errors import Conflict, Unprocessable
 
@@ -999,8 +1000,19 @@ class _Checker:
             )
         else:
             source = "SELECT * FROM new_rows"
+        key = self.schema.subject_key
+        if key is not None and key.type not in ("string", "integer"):
+            key = None  # the hash hashes the value's text: only for types whose text does not depend on settings
+        exported = "__out.rows"
+        if key is not None:
+            # The query workers' table gets the hidden subject hash (the k count reads it); the Parquet, the
+            # exportable form, does not.
+            quoted = '"' + key.name.replace('"', '""') + '"'
+            source = f'SELECT *, {subject_hash_sql(quoted)} AS "{SUBJECT_HASH_COLUMN}" FROM ({source})'
+            exported = f'(SELECT * EXCLUDE ("{SUBJECT_HASH_COLUMN}") FROM __out.rows)'
         self.con.execute(f"CREATE TABLE __out.rows AS {source}")
-        self.con.execute(f"COPY __out.rows TO {_str(str(writer.parquet_path))} (FORMAT parquet, COMPRESSION zstd)")
+        self.con.execute(f"COPY {exported} TO {_str(str(writer.parquet_path))} (FORMAT parquet, COMPRESSION zstd)")
+        writer.subject_hash = SUBJECT_HASH_VERSION if key is not None else None
 
 
 def _cell_error(row: int, schema_field: SchemaField, code: str, value: str | None) -> IngestError:

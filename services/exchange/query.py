@@ -24,6 +24,7 @@ from contracts.datasets import AccessLevel, DatasetMetadata
 from contracts.grants import Grant
 from exchange import audit, quotas
 from exchange.policy import DatasetInfo, Permission, Plan, PolicyError, plan
+from exchange.policy.scans import SUBJECT_HASH_VERSION
 from exchange.sandbox import Attachment, SandboxError, SandboxPool
 from exchange.storage import Storage
 from kit.advertisements import published_in
@@ -136,7 +137,11 @@ class QueryEngine:
                 continue  # described but holding no data yet
             alias = _alias(slug)
             infos[slug] = DatasetInfo(
-                slug=slug, physical=f'{alias}.main."rows"', schema=meta.table_schema, access=meta.access
+                slug=slug,
+                physical=f'{alias}.main."rows"',
+                schema=meta.table_schema,
+                access=meta.access,
+                has_subject_hash=current.subject_hash == SUBJECT_HASH_VERSION,
             )
             attachments[slug] = Attachment(alias=alias, path=current.duckdb_path, version=str(current.version))
         return infos, attachments

@@ -94,6 +94,9 @@ class DatasetVersion:
     schema_hash: str
     created_at: datetime
     directory: Path
+    # data.duckdb's table ``rows`` holds the hidden subject hash column, computed as this definition says
+    # (exchange.policy.scans.SUBJECT_HASH_VERSION); None: it does not (older versions, no subject_key).
+    subject_hash: str | None = None
 
     @property
     def parquet_path(self) -> Path:
@@ -129,7 +132,14 @@ class DatasetVersion:
             "parquet_sha256": self.parquet_sha256,
             "schema_hash": self.schema_hash,
             "created_at": self.created_at.isoformat(),
+            **({"subject_hash": self.subject_hash} if self.subject_hash is not None else {}),
         }
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string, not {type(value).__name__}")
 
 
 def _fsync_path(path: Path, *, directory: bool = False) -> None:
@@ -202,6 +212,7 @@ class Storage:
                 schema_hash=str(pointer["schema_hash"]),
                 created_at=datetime.fromisoformat(pointer["created_at"]),
                 directory=directory / f"v{number}",
+                subject_hash=_optional_str(pointer.get("subject_hash")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError(f"{directory / POINTER_FILE} is not a version pointer: {exc}") from exc
@@ -336,6 +347,7 @@ class VersionWriter:
         # Orphans were removed before: a number is reused only when no reader could ever have seen it.
         self.version = max([previous.version if previous else 0, *_version_numbers(directory)]) + 1
         self.committed: DatasetVersion | None = None
+        self.subject_hash: str | None = None  # set by whoever writes the hidden subject hash column
 
     @property
     def parquet_path(self) -> Path:
@@ -376,6 +388,7 @@ class VersionWriter:
             schema_hash=schema_hash(schema),
             created_at=datetime.now(UTC),
             directory=self.directory / f"v{self.version}",
+            subject_hash=self.subject_hash,
         )
         self._rename()
         self._publish(version)

@@ -41,6 +41,17 @@ Rules
   ORDER BY, INTERSECT/EXCEPT or UNION without ALL on protected rows, protected rows in an expression subquery or
   referenced from a correlated one, subqueries in conditions on protected rows, USING between different columns,
   a query mixing protected rows and released groups.
+* Subject hashes: a stored version whose DuckDB table holds the hidden ``__maillage_sh`` column (the first 64 bits
+  of md5 of the subject_key, written at ingestion; :attr:`DatasetInfo.has_subject_hash`) is counted by it, when
+  every dataset with a subject_key that the caller may name has it (a subject is never a hash in one table and a
+  value in another). Equal subjects have equal hashes and a collision merges two subjects, so the distinct count can
+  only be lower than the subjects': never a release below k (a collision, about k²/2⁶⁵ per group, could only
+  suppress). When the aggregation reads dataset scans only (no CTE, derived table or subquery: rows that are the
+  same multiset on every read), it runs in two phases: groups whose number of distinct hash buckets
+  (``bit_count(bit_or(1 << hash % 64))``, never more than the distinct subjects) is at least k are released on that
+  bound, which is then their ``__maillage_k`` value; the exact distinct count is computed only for the other groups
+  (their rows, joined on the group keys with ``IS NOT DISTINCT FROM``) and decides them, so exactly the same groups
+  are released and counted as suppressed as with the single-pass count. Other shapes keep the single-pass count.
 * Error oracles: a runtime error (failed cast, overflow, division by zero) raised by some rows only would tell the
   caller those rows exist, whatever k says. Everything computed per protected row (WHERE, JOIN ON and their cast to
   BOOLEAN, group keys, projections, aggregate arguments) is wrapped in DuckDB's ``TRY()``, which yields NULL

@@ -204,6 +204,10 @@ class _Analyzer:
     def __init__(self, datasets: Mapping[str, DatasetInfo], permissions: Mapping[str, Permission]) -> None:
         self.datasets = datasets
         self.permissions = permissions
+        # Subjects are counted by their stored hash only when every dataset with a subject_key that the query could
+        # name has it: the same subject must never be a hash in one table and a value in another (UNION ALL, joins),
+        # which would count it twice.
+        self.hashed = all(info.has_subject_hash for info in datasets.values() if info.schema.subject_key is not None)
         self.sources: dict[str, Source] = {}
         self.used: set[str] = set()
         self.k = 0
@@ -214,6 +218,7 @@ class _Analyzer:
         self.scan_nodes: set[int] = set()
         self.pins: list[exp.Expr] = []
         self.cte_names: set[str] = set()
+        self.two_phased: set[int] = set()  # ids of the selects built by two_phase (pinned)
 
     # ---- names -------------------------------------------------------------------------------------------------
 
@@ -235,7 +240,7 @@ class _Analyzer:
             permission = self.permissions.get(slug)
             if info is not None and permission is not None and permission.dataset == slug:
                 if slug not in self.sources:
-                    self.sources[slug] = source(info, permission)
+                    self.sources[slug] = source(info, permission, hashed=self.hashed)
                 return self.sources[slug]
         return None
 
@@ -500,7 +505,13 @@ class _Analyzer:
         k = max(self.sources[ds].k or 0 for _, _, datasets in subjects for ds in datasets)
         self.k = max(self.k, k)
         self.limits(sel, _Kind.RELEASED)
-        result = self.split(sel, group_keys, names, [k_expr], [K_COLUMN], k, per_row=False)
+        lower: exp.Expr | None = None
+        if all(self.sources[ds].subject_hash for _, _, datasets in subjects for ds in datasets):
+            # Every subject column holds the stored 64-bit subject hash: a cheap lower bound of the distinct count
+            # decides most groups, the exact count is computed for the others only (see two_phase).
+            bounds = [_bucket_bound(_hidden(bound, name)) for bound, name, _ in subjects]
+            lower = bounds[0] if len(bounds) == 1 else _least(bounds)
+        result = self.split(sel, group_keys, names, [k_expr], [K_COLUMN], k, per_row=False, lower=lower)
         if role is _Role.FINAL:
             self.count_suppressed(sel, k)
             sel.append(
@@ -526,7 +537,7 @@ class _Analyzer:
         """
         derived = sel.args["from_"].this
         inner = derived.this
-        inner.set("having", None)
+        inner.set("where" if id(inner) in self.two_phased else "having", None)
         counting = sqlglot.parse_one(f'SUM(CASE WHEN "{K_COLUMN}" < {int(k)} THEN 1 ELSE 0 END) OVER ()', read="duckdb")
         counted = exp.Select(expressions=[exp.Star(), exp.alias_(counting, SUPPRESSED_COLUMN, quoted=True)])
         counted.set(
@@ -551,6 +562,7 @@ class _Analyzer:
         extra_names: list[str],
         k: int | None,
         per_row: bool,
+        lower: exp.Expr | None = None,
     ) -> str:
         """Aggregate in a derived table, then compute the caller's expressions on its rows.
 
@@ -603,7 +615,9 @@ class _Analyzer:
             positions.extend(exp.Literal.number(len(inner_items) - len(extra) + i + 1) for i in range(len(extra)))
         if positions:
             inner.set("group", exp.Group(expressions=positions))
-        if k is not None:
+        if k is not None and lower is not None and self.scans_only(inner):
+            inner = self.two_phase(inner, len(group_keys), lower, k)
+        elif k is not None:
             inner.set("having", exp.Having(this=exp.GTE(this=extra[0].copy(), expression=exp.Literal.number(k))))
 
         def lift(node: exp.Expr) -> exp.Expr:
@@ -645,6 +659,142 @@ class _Analyzer:
             for ordered in order.expressions:
                 ordered.set("this", lift(ordered.this))
         return result
+
+    def duplicate(self, node: exp.Expr) -> exp.Expr:
+        """A copy of ``node`` that :func:`_verify` accepts as the original: resolved columns and scans carried over."""
+        copy = node.copy()
+        for original, duplicate in zip(list(node.walk()), list(copy.walk()), strict=True):
+            target = self.resolved.get(id(original))
+            if target is not None:
+                self.resolve(duplicate, target)
+            if id(original) in self.scan_nodes:
+                self.scan_nodes.add(id(duplicate))
+                self.pins.append(duplicate)
+        return copy
+
+    def scans_only(self, inner: exp.Select) -> bool:
+        """``inner`` reads dataset scans only (joined, filtered): no CTE, derived table, set operation or subquery.
+
+        Its rows are then the same multiset each time they are read, whatever the plan or the number of threads
+        (scans of immutable tables, deterministic allow-listed functions, current_timestamp fixed per statement).
+        :meth:`two_phase` reads them twice and needs that: a LIMIT without a total order, a window function or an
+        order-dependent floating-point sum in a derived table could hand the exact count other rows than the
+        released aggregates. Everything else keeps the single-pass exact count.
+        """
+        roots: list[exp.Expr] = [inner.args["from_"], *(inner.args.get("joins") or [])]
+        if inner.args.get("where") is not None:
+            roots.append(inner.args["where"])
+        stack = roots
+        while stack:
+            node = stack.pop()
+            if id(node) in self.scan_nodes:
+                continue
+            if isinstance(node, (exp.Query, exp.Subquery, exp.Table, exp.Exists, exp.Window, exp.Lateral, exp.Unnest)):
+                return False
+            stack.extend(node.iter_expressions())
+        return True
+
+    def two_phase(self, inner: exp.Select, width: int, lower: exp.Expr, k: int) -> exp.Select:
+        """The released aggregation ``inner`` (its last item the exact subject count), decided in two phases.
+
+        ``inner`` computes, instead of the exact count, ``lower``: a lower bound of it (distinct hash buckets, see
+        :func:`_bucket_bound`), and becomes the CTE ``q``. A group whose bound is at least k is released on it; the
+        exact count is computed only for the other groups, over the rows whose group keys are theirs (joined with
+        ``IS NOT DISTINCT FROM``, grouped by the failing group's own key values), and joined back::
+
+            WITH q AS MATERIALIZED (SELECT g.., a.., lower AS b FROM t WHERE w GROUP BY g..)
+            SELECT q.g.., q.a.., CASE WHEN q.b >= K THEN q.b ELSE coalesce(e.k, 0) END AS __maillage_k
+            FROM q LEFT JOIN (SELECT f.g.., <exact> AS k FROM t JOIN (SELECT g.. FROM q WHERE b < K) f
+                              ON <keys> IS NOT DISTINCT FROM f.g.. WHERE w GROUP BY f.g..) e
+            ON q.g.. IS NOT DISTINCT FROM e.g..
+            WHERE <the same CASE> >= K
+
+        The released k column is then the bound (at least k) or the exact count. A group whose rows the join would
+        miss gets 0 and is suppressed: every error of this construction suppresses, none releases.
+        """
+        items = list(inner.expressions)
+        keys = [item.alias for item in items[:width]]
+        exact = items[-1].this
+        q_name, f_name, e_name = self.fresh("q"), self.fresh("f"), self.fresh("e")
+        self.cte_names.add(q_name)
+        bound_name = f"{RESERVED_PREFIX}_b"
+        k_literal = exp.Literal.number(int(k))
+
+        def col(table: str, name: str) -> exp.Column:
+            return exp.Column(this=_quoted(name), table=_quoted(table))
+
+        def on(left: list[exp.Expr], right: list[exp.Expr]) -> exp.Expr:
+            pairs = [exp.NullSafeEQ(this=a, expression=b) for a, b in zip(left, right, strict=True)]
+            return exp.and_(*pairs, copy=False) if pairs else exp.Boolean(this=True)
+
+        # Without group keys (one group), the single failing row, if any.
+        failing = exp.Select(expressions=[col(q_name, name) for name in keys] or [exp.Literal.number(1)])
+        failing.set("from_", exp.From(this=exp.Table(this=_quoted(q_name))))
+        failing.set("where", exp.Where(this=exp.LT(this=col(q_name, bound_name), expression=k_literal.copy())))
+        counted = exp.Select(
+            expressions=[
+                *(exp.alias_(col(f_name, name), name, quoted=True) for name in keys),
+                exp.alias_(self.duplicate(exact), K_COLUMN, quoted=True),
+            ]
+        )
+        counted.set("from_", self.duplicate(inner.args["from_"]))
+        joins = [self.duplicate(join) for join in inner.args.get("joins") or []]
+        key_copies = [self.duplicate(item.this) for item in items[:width]]
+        joins.append(
+            exp.Join(
+                this=exp.Subquery(this=failing, alias=exp.TableAlias(this=_quoted(f_name))),
+                on=on(key_copies, [col(f_name, name) for name in keys]),
+            )
+        )
+        counted.set("joins", joins)
+        if inner.args.get("where") is not None:
+            counted.set("where", self.duplicate(inner.args["where"]))
+        if width:
+            counted.set("group", exp.Group(expressions=[exp.Literal.number(i + 1) for i in range(width)]))
+
+        items[-1] = exp.alias_(lower, bound_name, quoted=True, copy=False)
+        inner.set("expressions", items)
+
+        def decided() -> exp.Expr:
+            return exp.Case(
+                ifs=[
+                    exp.If(
+                        this=exp.GTE(this=col(q_name, bound_name), expression=k_literal.copy()),
+                        true=col(q_name, bound_name),
+                    )
+                ],
+                default=exp.Coalesce(this=col(e_name, K_COLUMN), expressions=[exp.Literal.number(0)]),
+            )
+
+        wrapper = exp.Select(
+            expressions=[
+                *(exp.alias_(col(q_name, item.alias), item.alias, quoted=True) for item in items[:-1]),
+                exp.alias_(decided(), K_COLUMN, quoted=True),
+            ]
+        )
+        wrapper.set("from_", exp.From(this=exp.Table(this=_quoted(q_name))))
+        wrapper.set(
+            "joins",
+            [
+                exp.Join(
+                    this=exp.Subquery(this=counted, alias=exp.TableAlias(this=_quoted(e_name))),
+                    side="LEFT",
+                    on=on([col(q_name, name) for name in keys], [col(e_name, name) for name in keys]),
+                )
+            ],
+        )
+        wrapper.set("where", exp.Where(this=exp.GTE(this=decided(), expression=k_literal.copy())))
+        wrapper.set(
+            "with_",
+            exp.With(
+                expressions=[
+                    exp.CTE(this=inner, alias=exp.TableAlias(this=_quoted(q_name)), materialized=True),
+                ]
+            ),
+        )
+        self.two_phased.add(id(wrapper))
+        self.pins.append(wrapper)
+        return wrapper
 
     def materialize(self, node: exp.Expr) -> exp.Expr:
         """A copy of ``node`` where references to select-list aliases are replaced by the aliased expressions."""
@@ -1264,6 +1414,20 @@ def _least(values: Sequence[exp.Expr]) -> exp.Expr:
     # DuckDB's LEAST skips NULLs (a side of an outer join without protected rows); ignore_nulls keeps sqlglot from
     # rewriting it into a NULL-propagating CASE.
     return exp.Least(this=values[0], expressions=values[1:], ignore_nulls=True)
+
+
+def _bucket_bound(subject: exp.Expr) -> exp.Expr:
+    """A lower bound of ``count(DISTINCT subject)`` for a column of 64-bit subject hashes: the number of distinct
+    buckets ``hash % 64`` (bits set in the OR of ``1 << bucket``). Equal subjects share a bucket, so there are never
+    more buckets than subjects; NULL subjects set no bit, as count(DISTINCT) skips them; no row gives 0."""
+    bit = exp.BitwiseLeftShift(
+        this=exp.Cast(this=exp.Literal.number(1), to=exp.DataType.build("UBIGINT", dialect="duckdb")),
+        expression=exp.Paren(this=exp.Mod(this=subject, expression=exp.Literal.number(64))),
+    )
+    return exp.Coalesce(
+        this=exp.Anonymous(this="BIT_COUNT", expressions=[exp.Anonymous(this="BIT_OR", expressions=[bit])]),
+        expressions=[exp.Literal.number(0)],
+    )
 
 
 def _hidden(bound: _Bound, name: str) -> exp.Column:

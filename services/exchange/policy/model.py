@@ -19,12 +19,17 @@ class DatasetInfo:
     In SQL the slug is written quoted (``"consommation-eau-menages"``) or with hyphens turned into underscores
     (``consommation_eau_menages``). ``physical`` is the DuckDB relation holding the rows; only the rewritten SQL
     names it.
+
+    ``has_subject_hash``: the relation also holds the hidden column ``__maillage_sh`` (UBIGINT), the 64-bit hash of
+    the ``subject_key`` written at ingestion (see :data:`exchange.policy.scans.SUBJECT_HASH_COLUMN`); the k count then
+    counts distinct hashes instead of distinct subject values (faster, never more than the distinct subjects).
     """
 
     slug: str
     physical: str
     schema: TableSchema
     access: AccessLevel
+    has_subject_hash: bool = False
 
 
 @dataclass(frozen=True)

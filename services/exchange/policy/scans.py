@@ -22,9 +22,24 @@ from contracts.terms import Operator, RowPredicate
 from .errors import TABLE_NOT_ALLOWED, UNSUPPORTED_SHAPE, PolicyError
 from .model import DatasetInfo, Permission
 
-__all__ = ["SUBJECT_COLUMN", "Source", "source"]
+__all__ = ["SUBJECT_COLUMN", "SUBJECT_HASH_COLUMN", "SUBJECT_HASH_VERSION", "Source", "source", "subject_hash_sql"]
 
 SUBJECT_COLUMN = "__maillage_s"
+# Hidden column of the stored DuckDB table (never of the Parquet export): a 64-bit hash of the subject_key, written
+# at ingestion with :func:`subject_hash_sql`. Counting distinct hashes instead of distinct subjects is cheaper (a
+# fixed-width integer) and can only count fewer: equal subjects have equal hashes, and a collision merges two
+# subjects into one. So a group whose hash count is at least k has at least k distinct subjects.
+SUBJECT_HASH_COLUMN = "__maillage_sh"
+# The hash's definition, recorded with each stored version (current.json): hashes are only compared (UNION ALL, joins
+# of datasets sharing subjects) when every version was written with this same definition. md5 rather than DuckDB's
+# hash(), whose values may change between DuckDB releases.
+SUBJECT_HASH_VERSION = "md5-64-v1"
+
+
+def subject_hash_sql(column: str) -> str:
+    """SQL computing the subject hash of ``column`` (a quoted identifier): the first 64 bits of md5(text); NULL stays
+    NULL (not counted, as count(DISTINCT subject) does not count NULL)."""
+    return f"CAST(('0x' || substr(md5(CAST({column} AS VARCHAR)), 1, 16)) AS UBIGINT)"
 
 
 @dataclass(frozen=True)
@@ -43,12 +58,14 @@ class Source:
     subject: tuple[str, ...]
     row_filter: tuple[RowPredicate, ...]
     consent_filter: str | None
+    subject_hash: bool = False  # count the hidden hash column instead of the subject itself
 
     def scan(self, alias: exp.Identifier, columns: list[exp.Identifier]) -> exp.Subquery:
         """The subquery standing for the dataset, aliased ``alias`` (with optional column aliases)."""
         items: list[exp.Expr] = [exp.column(name, quoted=True) for name in self.visible]
         if self.required:
-            items.append(exp.alias_(_subject_expression(self.subject), SUBJECT_COLUMN, quoted=True))
+            counted = exp.column(SUBJECT_HASH_COLUMN, quoted=True) if self.subject_hash else None
+            items.append(exp.alias_(counted or _subject_expression(self.subject), SUBJECT_COLUMN, quoted=True))
         select = exp.Select(expressions=items).from_(_physical(self.physical).copy(), copy=False)
         conditions = [_predicate(predicate) for predicate in self.row_filter]
         if self.consent_filter is not None:
@@ -59,8 +76,12 @@ class Source:
         return exp.Subquery(this=select, alias=table_alias)
 
 
-def source(info: DatasetInfo, permission: Permission) -> Source:
-    """The :class:`Source` for ``info`` under ``permission``; refuses permissions the engine cannot enforce."""
+def source(info: DatasetInfo, permission: Permission, *, hashed: bool = False) -> Source:
+    """The :class:`Source` for ``info`` under ``permission``; refuses permissions the engine cannot enforce.
+
+    ``hashed``: the query may count subjects by their stored hash (every dataset with a subject_key the query could
+    read has it); used only when ``info`` has the hash column and its subject is its subject_key.
+    """
     schema = info.schema
     names = [field.name for field in schema.fields]
     terms = permission.terms
@@ -92,10 +113,12 @@ def source(info: DatasetInfo, permission: Permission) -> Source:
         raise PolicyError(TABLE_NOT_ALLOWED, f"table {info.slug} is not available to this caller")
     subject: tuple[str, ...] = ()
     identifiers: frozenset[str] = frozenset()
+    subject_hash = False
     if required:
         key = schema.subject_key
         if key is not None:
             subject = (key.name,)
+            subject_hash = hashed and info.has_subject_hash
         elif schema.primary_key:
             # Non-personal protected data: a "subject" is a row, identified by the primary key.
             subject = tuple(schema.primary_key)
@@ -121,6 +144,7 @@ def source(info: DatasetInfo, permission: Permission) -> Source:
         subject=subject,
         row_filter=tuple(terms.row_filter),
         consent_filter=permission.consent_filter,
+        subject_hash=subject_hash,
     )
 
 

@@ -692,3 +692,40 @@ def test_cli_streams_the_file_to_the_exchange_and_prints_the_errors(tmp_path: Pa
         server.server_close()
     result = CliRunner().invoke(_cli(), [*args], env={"MAILLAGE_KEY": "k"})
     assert result.exit_code == 1 and "cannot reach" in result.output
+
+
+def test_a_subject_key_gets_a_hidden_hash_in_duckdb_only(storage: Storage) -> None:
+    from exchange.policy.scans import SUBJECT_HASH_COLUMN, SUBJECT_HASH_VERSION
+
+    header = "meter_id,commune_insee,month,volume_m3,household_size\n"
+    first = "M-1,21231,2024-01-01,1,1\nM-2,21231,2024-01-01,2,2\n"
+    ok(ingest(storage, SIREN, "consommation-eau-menages", water_schema(), csv_bytes(header + first)))
+    ok(
+        ingest(
+            storage, SIREN, "consommation-eau-menages", water_schema(), csv_bytes(header + "M-1,21231,2024-02-01,3,1\n")
+        )
+    )
+    version = storage.current(SIREN, "consommation-eau-menages")
+    assert version is not None and version.version == 2 and version.subject_hash == SUBJECT_HASH_VERSION
+    pointer = json.loads((version.directory.parent / POINTER_FILE).read_text())
+    assert pointer["subject_hash"] == SUBJECT_HASH_VERSION
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH '{version.duckdb_path}' AS d (READ_ONLY)")
+        rows = con.execute(f'SELECT meter_id, "{SUBJECT_HASH_COLUMN}" FROM d.rows ORDER BY month, meter_id').fetchall()
+        hashes = {meter: h for meter, h in rows}
+        assert len(rows) == 3 and len(hashes) == 2 and all(isinstance(h, int) for h in hashes.values())
+        assert rows[0][1] == rows[2][1]  # the same subject, in the appended version's rows too
+        parquet = [
+            r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{version.parquet_path}')").fetchall()
+        ]
+        assert parquet == ["meter_id", "commune_insee", "month", "volume_m3", "household_size"]
+    finally:
+        con.close()
+
+
+def test_a_dataset_without_subject_key_has_no_hash(storage: Storage, measure_schema: TableSchema) -> None:
+    ok(ingest(storage, SIREN, "comptages-velo", measure_schema, csv_bytes(HEADER + measure_rows(3))))
+    version = storage.current(SIREN, "comptages-velo")
+    assert version is not None and version.subject_hash is None
+    assert "subject_hash" not in json.loads((version.directory.parent / POINTER_FILE).read_text())

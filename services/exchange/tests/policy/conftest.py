@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 from catalog.seeds import SeedTerritory, demo_datasets
 from contracts.terms import Terms
 from exchange.policy import DatasetInfo, Permission, Plan, plan
+from exchange.policy.scans import SUBJECT_HASH_COLUMN, subject_hash_sql
 
 TERRITORY = SeedTerritory(siren="242100410", name="Dijon Métropole", communes=("21231", "21166"), node="node-dijon")
 WATER, BUS, LEAKS, BIKES = "consommation-eau-menages", "frequentation-bus", "fuites-reseau-eau", "comptages-velo"
@@ -106,6 +107,13 @@ def world() -> World:
     return World(datasets, permissions)
 
 
+@pytest.fixture(scope="session")
+def hashed_world(world: World) -> World:
+    """The same world, with subjects counted by the hash column that ingestion stores."""
+    datasets = {slug: replace(info, has_subject_hash=True) for slug, info in world.datasets.items()}
+    return World(datasets, dict(world.permissions))
+
+
 def water_rows(seed: int = 7) -> list[tuple[Any, ...]]:
     """(meter_id, commune_insee, month, volume_m3, household_size) rows."""
     rng = random.Random(seed)
@@ -153,6 +161,9 @@ def create_tables(
         "household_size INTEGER)"
     )
     con.executemany(f"INSERT INTO {physical(WATER)} VALUES (?, ?, ?, ?, ?)", water or water_rows())
+    # The hidden subject hash that ingestion stores (read only by worlds whose water dataset has_subject_hash).
+    con.execute(f'ALTER TABLE {physical(WATER)} ADD COLUMN "{SUBJECT_HASH_COLUMN}" UBIGINT')
+    con.execute(f'UPDATE {physical(WATER)} SET "{SUBJECT_HASH_COLUMN}" = {subject_hash_sql("meter_id")}')
     con.execute(
         f"CREATE TABLE {physical(BUS)} (stop_id VARCHAR, stop_name VARCHAR, line_id VARCHAR, day DATE, hour INTEGER, "
         "boardings INTEGER, alightings INTEGER)"

@@ -267,6 +267,26 @@ def water_queries(draw: st.DrawFn, allow_forbidden: bool = True) -> WaterQuery:
 def test_aggregates_release_exactly_the_groups_of_k_subjects(
     query: WaterQuery, world: Any, con: duckdb.DuckDBPyConnection, trusted: duckdb.DuckDBPyConnection, released: Any
 ) -> None:
+    check_water_query(query, world, con, trusted, released)
+
+
+@SETTINGS
+@given(query=water_queries())
+def test_subjects_counted_by_their_stored_hash_release_the_same_groups(
+    query: WaterQuery,
+    hashed_world: Any,
+    con: duckdb.DuckDBPyConnection,
+    trusted: duckdb.DuckDBPyConnection,
+    released: Any,
+) -> None:
+    if query.forbidden is None:
+        assert '"__maillage_sh"' in hashed_world.plan(query.sql()).sql
+    check_water_query(query, hashed_world, con, trusted, released)
+
+
+def check_water_query(
+    query: WaterQuery, world: Any, con: duckdb.DuckDBPyConnection, trusted: duckdb.DuckDBPyConnection, released: Any
+) -> None:
     sql = query.sql()
     if query.forbidden is not None:
         with pytest.raises(PolicyError) as caught:

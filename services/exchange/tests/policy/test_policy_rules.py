@@ -749,3 +749,60 @@ def test_using_on_protected_rows(world: Any, run: Any) -> None:
         "SELECT count(*) FROM consommation_eau_menages a JOIN fuites_reseau_eau b USING (commune_insee)",
         "policy.unsupported_shape",
     )
+
+
+def test_subjects_are_counted_by_hash_only_when_every_subject_keyed_dataset_has_it(world: Any) -> None:
+    from dataclasses import replace
+
+    from exchange.policy import plan
+
+    sql = "SELECT commune_insee, count(*) FROM consommation_eau_menages GROUP BY commune_insee"
+    hashed = {slug: replace(info, has_subject_hash=True) for slug, info in world.datasets.items()}
+    assert '"__maillage_sh" AS "__maillage_s"' in plan(sql, datasets=hashed, permissions=world.permissions).sql
+    assert "__maillage_sh" not in world.plan(sql).sql  # versions written before the hash: the exact subject
+    # Another dataset with a subject_key but no stored hash (an older version): the same subject could then be a hash
+    # in one table and a value in the other (UNION ALL, joins), counted twice; every table counts the value.
+    other = replace(world.datasets[WATER], slug="autre-eau", physical='ds_autre.main."rows"', has_subject_hash=False)
+    mixed = {**hashed, "autre-eau": other}
+    assert "__maillage_sh" not in plan(sql, datasets=mixed, permissions=world.permissions).sql
+
+
+def _same_bucket_meters(count: int, bucket: int) -> list[str]:
+    found = []
+    index = 0
+    while len(found) < count:
+        meter = f"M-{index}"
+        if int(hashlib.md5(meter.encode()).hexdigest()[:16], 16) % 64 == bucket:
+            found.append(meter)
+        index += 1
+    return found
+
+
+def test_groups_below_the_hash_bound_are_decided_on_the_exact_count(world: Any, make_db: Any) -> None:
+    from dataclasses import replace
+    from datetime import date
+
+    from exchange.policy import plan
+
+    # k meters in 21231 and k - 1 in 21166, all in one hash bucket: the bound says 1 for both groups; the exact count
+    # releases the first (k subjects) and suppresses the second, which the suppressed count reports.
+    meters = _same_bucket_meters(2 * K - 1, bucket=7)
+    rows = [(m, "21231", date(2023, 1, 1), 1.0, 3) for m in meters[:K]]
+    rows += [(m, "21166", date(2023, m2, 1), 1.0, 3) for m in meters[K:] for m2 in (1, 2)]
+    con = make_db(water=rows)
+    hashed = {slug: replace(info, has_subject_hash=True) for slug, info in world.datasets.items()}
+    for sql in (
+        "SELECT commune_insee, count(*) AS n FROM consommation_eau_menages GROUP BY commune_insee",
+        "WITH t AS (SELECT * FROM consommation_eau_menages) SELECT commune_insee, count(*) AS n FROM t GROUP BY 1",
+    ):
+        result = plan(sql, datasets=hashed, permissions=world.permissions)
+        # Two phases over dataset scans only; a CTE (rows that could differ between two reads) counts in one pass.
+        assert ("BIT_OR" in result.sql) is sql.startswith("SELECT") and result.suppressed_column is not None
+        assert con.execute(result.sql).fetchall() == [("21231", K, 1, K)]  # n, suppressed groups, exact k
+    whole = plan(
+        "SELECT count(*) FROM consommation_eau_menages WHERE commune_insee = '21166'",
+        datasets=hashed,
+        permissions=world.permissions,
+    )
+    assert con.execute(whole.sql).fetchall() == []
+    con.close()
