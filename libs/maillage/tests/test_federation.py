@@ -133,8 +133,7 @@ def test_referentiel_path_from_env_or_next_to_the_repository(monkeypatch: pytest
 def test_the_shared_referentiel_holds_the_demo_territories(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MAILLAGE_REFERENTIEL", raising=False)
     path = default_referentiel_path()
-    if not path.exists():
-        pytest.skip(f"shared referentiel not present at {path}")
+    assert path.exists(), f"the shared referentiel must be beside the repository: {path}"
     territories = load_territories(path)
     assert [t.name for t in territories] == [
         "Dijon Métropole",
