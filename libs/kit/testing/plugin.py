@@ -14,6 +14,7 @@ Loaded for the whole repository by ``-p kit.testing.plugin`` (pyproject). Fixtur
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -39,6 +40,13 @@ _METRICS = InMemoryMetricReader()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("CI"):
+        # In CI, property tests replay the same examples: a landing does not depend on a random seed (locally they
+        # keep exploring new examples).
+        from hypothesis import settings
+
+        settings.register_profile("ci", derandomize=True, database=None)
+        settings.load_profile("ci")
     # The process-wide tracer provider is installed once; tests read spans from the in-memory exporter.
     setup_telemetry("tests", node_id="tests", span_processors=[SimpleSpanProcessor(_SPANS)], metric_readers=[_METRICS])
 
