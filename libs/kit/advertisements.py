@@ -7,7 +7,7 @@ older advertisement cannot bring the dataset back.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON
@@ -17,7 +17,7 @@ from contracts.datasets import DatasetMetadata
 from contracts.envelope import Envelope
 from contracts.events import DatasetUpsertedV1, DatasetWithdrawnV1
 from kit.consumer import DurableConsumer
-from kit.db import Database
+from kit.db import Database, as_utc
 from kit.messaging import Messaging
 
 __all__ = [
@@ -27,10 +27,6 @@ __all__ = [
     "published_in",
     "published_metadata",
 ]
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class AdvertisedDataset(SQLModel, table=True):
@@ -48,7 +44,7 @@ class AdvertisedDataset(SQLModel, table=True):
 
 def apply_advertisement(session: Session, envelope: Envelope) -> None:
     """Record an upsert or a withdrawal (other events are ignored)."""
-    event_time = _aware(envelope.time)
+    event_time = as_utc(envelope.time)
     if envelope.type == DatasetUpsertedV1.cloud_type():
         dataset = DatasetUpsertedV1.model_validate(envelope.data).dataset
         key, territory, revision = dataset.id, dataset.territory, dataset.revision
@@ -61,7 +57,7 @@ def apply_advertisement(session: Session, envelope: Envelope) -> None:
     else:
         return
     row = session.get(AdvertisedDataset, key)
-    if row is not None and _aware(row.event_time) > event_time:
+    if row is not None and as_utc(row.event_time) > event_time:
         return
     row = row or AdvertisedDataset(id=key, territory=territory, revision=revision, event_time=event_time)
     row.revision, row.withdrawn, row.event_time = revision, withdrawn, event_time

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,21 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
-__all__ = ["Database", "on_commit"]
+__all__ = ["Database", "as_utc", "on_commit", "utcnow"]
 
 log = logging.getLogger(__name__)
 
 _ON_COMMIT = "maillage.on_commit"
+
+
+def utcnow() -> datetime:
+    """The current time, aware, in UTC (what every timestamp column stores)."""
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` as an aware datetime: SQLite hands back naive UTC values that PostgreSQL returns aware."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def on_commit(session: Session, callback: Callable[[], object]) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind
@@ -21,7 +21,7 @@ from sqlmodel import Column, Field, Session, SQLModel, col, select
 
 from contracts.envelope import Envelope
 from contracts.events import Event
-from kit.db import Database
+from kit.db import Database, utcnow
 from kit.messaging import Messaging
 from kit.telemetry import current_traceparent, extract_context, inject_context
 
@@ -40,10 +40,6 @@ failure_counter = meter.create_counter(
 _PENDING_FLAG = "maillage.outbox.pending"
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class OutboxEvent(SQLModel, table=True):
     """An event waiting to be published (``sent_at`` is null) or already published."""
 
@@ -55,7 +51,7 @@ class OutboxEvent(SQLModel, table=True):
     type: str = Field(max_length=128)
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     traceparent: str | None = Field(default=None, max_length=55)
-    created_at: datetime = Field(default_factory=_utcnow, index=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
     sent_at: datetime | None = Field(default=None, index=True)
     attempts: int = 0
     last_error: str | None = Field(default=None, max_length=500)
@@ -239,7 +235,7 @@ class OutboxRelay:
     def _mark(self, sent_ids: list[str], failed: tuple[str, str] | None) -> None:
         with self.database.unit_of_work() as session:
             if sent_ids:
-                session.execute(update(OutboxEvent).where(col(OutboxEvent.id).in_(sent_ids)).values(sent_at=_utcnow()))
+                session.execute(update(OutboxEvent).where(col(OutboxEvent.id).in_(sent_ids)).values(sent_at=utcnow()))
             if failed is not None:
                 session.execute(
                     update(OutboxEvent)
@@ -248,6 +244,6 @@ class OutboxRelay:
                 )
 
     def _purge_sent(self) -> None:
-        cutoff = _utcnow() - self.retention
+        cutoff = utcnow() - self.retention
         with self.database.unit_of_work() as session:
             session.execute(delete(OutboxEvent).where(col(OutboxEvent.sent_at) < cutoff))

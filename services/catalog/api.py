@@ -112,6 +112,13 @@ def _etag(response: Response, dataset: Dataset) -> None:
     response.headers["ETag"] = f'"r{dataset.revision}"'
 
 
+def _changed(session: SessionDep, dataset: Dataset, pub: Publication, response: Response) -> DatasetOut:
+    """The steward's view of a dataset just changed in this request, with its new ETag."""
+    session.flush()
+    _etag(response, dataset)
+    return _out(session, dataset, pub, steward_view=True)
+
+
 @router.get("/territories/{siren}/datasets", response_model=list[DatasetOut], tags=["datasets"])
 def list_datasets(
     session: SessionDep, territory: Territory, principal: OptionalPrincipal, pub: PublicationDep
@@ -141,10 +148,8 @@ def create_dataset(
     dataset = service.create_dataset(
         db_session=session, territory=territory, slug=body.slug, metadata=body.metadata, actor=principal.subject
     )
-    session.flush()
-    _etag(response, dataset)
     response.headers["Location"] = f"/v1/territories/{territory}/datasets/{body.slug}"
-    return _out(session, dataset, pub, steward_view=True)
+    return _changed(session, dataset, pub, response)
 
 
 @router.get("/territories/{siren}/datasets/{slug}", response_model=DatasetOut, tags=["datasets"])
@@ -183,9 +188,7 @@ def update_dataset(
         actor=principal.subject,
         expected_revision=_expected_revision(if_match),
     )
-    session.flush()
-    _etag(response, dataset)
-    return _out(session, dataset, pub, steward_view=True)
+    return _changed(session, dataset, pub, response)
 
 
 @router.post("/territories/{siren}/datasets/{slug}/publish", response_model=DatasetOut, tags=["datasets"])
@@ -208,9 +211,7 @@ def publish_dataset(
         expected_revision=_expected_revision(if_match),
         publication=pub,
     )
-    session.flush()
-    _etag(response, dataset)
-    return _out(session, dataset, pub, steward_view=True)
+    return _changed(session, dataset, pub, response)
 
 
 @router.post("/territories/{siren}/datasets/{slug}/withdraw", response_model=DatasetOut, tags=["datasets"])
@@ -235,9 +236,7 @@ def withdraw_dataset(
         expected_revision=_expected_revision(if_match),
         publication=pub,
     )
-    session.flush()
-    _etag(response, dataset)
-    return _out(session, dataset, pub, steward_view=True)
+    return _changed(session, dataset, pub, response)
 
 
 @router.get("/territories/{siren}/datasets/{slug}/revisions", response_model=list[RevisionOut], tags=["datasets"])

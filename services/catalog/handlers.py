@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from functools import partial
 
 from sqlmodel import Session, col, select
@@ -13,7 +12,7 @@ from contracts.datasets import PublishedDataset
 from contracts.envelope import Envelope
 from contracts.events import DatasetUpsertedV1, DatasetWithdrawnV1, NodeRegisteredV1, TerritoryRegisteredV1
 from kit.consumer import DurableConsumer, MessageHandler
-from kit.db import on_commit
+from kit.db import as_utc, on_commit
 from kit.service import ServiceContext
 
 __all__ = [
@@ -25,17 +24,13 @@ __all__ = [
 ]
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def apply_directory_event(session: Session, envelope: Envelope) -> None:
     """Upsert the territory or node an event describes; older events never overwrite newer ones."""
-    event_time = _aware(envelope.time)
+    event_time = as_utc(envelope.time)
     if envelope.type == TerritoryRegisteredV1.cloud_type():
         territory = TerritoryRegisteredV1.model_validate(envelope.data)
         row = session.get(KnownTerritory, territory.siren)
-        if row is not None and _aware(row.event_time) > event_time:
+        if row is not None and as_utc(row.event_time) > event_time:
             return
         row = row or KnownTerritory(
             siren=territory.siren, name=territory.name, kind=territory.kind, event_time=event_time
@@ -46,7 +41,7 @@ def apply_directory_event(session: Session, envelope: Envelope) -> None:
     elif envelope.type == NodeRegisteredV1.cloud_type():
         node = NodeRegisteredV1.model_validate(envelope.data)
         known = session.get(KnownNode, node.node_id)
-        if known is not None and _aware(known.event_time) > event_time:
+        if known is not None and as_utc(known.event_time) > event_time:
             return
         known = known or KnownNode(
             id=node.node_id, name=node.name, hosting_country=node.hosting_country, event_time=event_time
@@ -67,11 +62,11 @@ def index_handler(index: SearchIndex) -> MessageHandler:
     """
 
     def handle(session: Session, envelope: Envelope) -> None:
-        event_time = _aware(envelope.time)
+        event_time = as_utc(envelope.time)
         if envelope.type == DatasetUpsertedV1.cloud_type():
             dataset = DatasetUpsertedV1.model_validate(envelope.data).dataset
             row = session.get(FederatedDataset, dataset.id)
-            if row is not None and _aware(row.event_time) > event_time:
+            if row is not None and as_utc(row.event_time) > event_time:
                 return
             row = row or FederatedDataset(
                 id=dataset.id,
@@ -88,7 +83,7 @@ def index_handler(index: SearchIndex) -> MessageHandler:
             withdrawn = DatasetWithdrawnV1.model_validate(envelope.data)
             key = f"{withdrawn.territory}/{withdrawn.slug}"
             row = session.get(FederatedDataset, key)
-            if row is not None and _aware(row.event_time) > event_time:
+            if row is not None and as_utc(row.event_time) > event_time:
                 return
             row = row or FederatedDataset(
                 id=key,

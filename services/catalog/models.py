@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, UniqueConstraint
 from sqlmodel import Column, Field, SQLModel
+
+from kit.db import utcnow
 
 __all__ = [
     "Dataset",
@@ -21,10 +23,6 @@ __all__ = [
 ]
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class KnownTerritory(SQLModel, table=True):
     """A territory of the federation as advertised by the registry (the publishers of federated datasets)."""
 
@@ -36,7 +34,7 @@ class KnownTerritory(SQLModel, table=True):
     population: int = 0
     communes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     event_time: datetime = Field(description="time of the event that last changed this row")
-    received_at: datetime = Field(default_factory=_utcnow)
+    received_at: datetime = Field(default_factory=utcnow)
 
 
 class KnownNode(SQLModel, table=True):
@@ -50,7 +48,7 @@ class KnownNode(SQLModel, table=True):
     territories: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     urls: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     event_time: datetime
-    received_at: datetime = Field(default_factory=_utcnow)
+    received_at: datetime = Field(default_factory=utcnow)
 
 
 class DatasetState(StrEnum):
@@ -76,8 +74,8 @@ class Dataset(SQLModel, table=True):
     state: DatasetState = Field(default=DatasetState.DRAFT, max_length=16)
     revision: int = Field(default=1, description="latest revision")
     published_revision: int | None = None
-    created_at: datetime = Field(default_factory=_utcnow)
-    modified_at: datetime = Field(default_factory=_utcnow)
+    created_at: datetime = Field(default_factory=utcnow)
+    modified_at: datetime = Field(default_factory=utcnow)
     published_at: datetime | None = None
 
     @property
@@ -96,7 +94,7 @@ class DatasetRevision(SQLModel, table=True):
     document: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False), description="DatasetMetadata as JSON")
     content_hash: str = Field(max_length=64, description="SHA-256 of the canonical JSON of the metadata")
     author: str = Field(max_length=200)
-    created_at: datetime = Field(default_factory=_utcnow)
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class DatasetHistory(SQLModel, table=True):
@@ -112,7 +110,7 @@ class DatasetHistory(SQLModel, table=True):
     action: DatasetAction = Field(max_length=16)
     revision: int
     actor: str = Field(max_length=200)
-    at: datetime = Field(default_factory=_utcnow)
+    at: datetime = Field(default_factory=utcnow)
     reason: str | None = Field(default=None, max_length=500)
 
 
@@ -130,4 +128,4 @@ class FederatedDataset(SQLModel, table=True):
         default=None, sa_column=Column(JSON, nullable=True), description="PublishedDataset as JSON"
     )
     event_time: datetime = Field(description="time of the advertisement that last changed this row")
-    received_at: datetime = Field(default_factory=_utcnow)
+    received_at: datetime = Field(default_factory=utcnow)

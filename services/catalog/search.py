@@ -40,7 +40,7 @@ import unicodedata
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from itertools import compress, islice
 from typing import Annotated, Any
@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from contracts.datasets import AccessLevel, DataStatus, PublishedDataset, distribution_formats
 from contracts.vocabularies import LICENCES, DataTheme
+from kit.db import as_utc
 
 __all__ = [
     "FACETS",
@@ -263,10 +264,6 @@ Pattern = tuple[tuple[int, int], ...]
 _PATTERNS: dict[Pattern, Pattern] = {}  # interned: a handful of distinct patterns are shared by millions of postings
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _excerpt(text: str) -> str:
     if len(text) <= _EXCERPT:
         return text
@@ -322,7 +319,7 @@ def _entry(dataset: PublishedDataset) -> _Entry:
     facets += [("format", value) for value in formats]
     if metadata.licence is not None:  # datasets under an agreement have no licence: they are left out of the facet
         facets.append(("licence", metadata.licence))
-    modified = _aware(dataset.modified)
+    modified = as_utc(dataset.modified)
     hit = {
         "id": dataset.id,
         "title": metadata.title,
@@ -401,9 +398,9 @@ class SearchIndex:
         with self._lock:
             held = self._by_id.get(dataset.id)
             if held is not None:
-                if (dataset.revision, _aware(dataset.modified)) < (
+                if (dataset.revision, as_utc(dataset.modified)) < (
                     held.dataset.revision,
-                    _aware(held.dataset.modified),
+                    as_utc(held.dataset.modified),
                 ):
                     return
                 slot = self._slot_of[dataset.id]

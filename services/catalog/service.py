@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from sqlmodel import Session, col, func, select
 
@@ -17,6 +16,7 @@ from catalog.config import CatalogSettings
 from catalog.models import Dataset, DatasetAction, DatasetHistory, DatasetRevision, DatasetState, KnownTerritory
 from contracts.datasets import DatasetMetadata, PublishedDataset, dataset_id
 from contracts.events import DatasetUpsertedV1, DatasetWithdrawnV1
+from kit.db import utcnow
 from kit.errors import Conflict, NotFound, PreconditionFailed
 from kit.outbox import enqueue
 
@@ -61,10 +61,6 @@ class Publication:
             uri_base=settings.dataset_uri_base(),
             source=source,
         )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def metadata_hash(metadata: DatasetMetadata) -> str:
@@ -162,7 +158,7 @@ def create_dataset(*, db_session: Session, territory: str, slug: str, metadata: 
     dataset_id(territory, slug)
     if db_session.get(Dataset, (territory, slug)) is not None:
         raise Conflict(f"dataset {territory}/{slug} already exists", code="dataset.exists")
-    now = _now()
+    now = utcnow()
     dataset = Dataset(territory=territory, slug=slug, created_at=now, modified_at=now)
     db_session.add(dataset)
     db_session.add(
@@ -192,7 +188,7 @@ def update_dataset(
     digest = metadata_hash(metadata)
     if digest == latest.content_hash:
         return dataset, False
-    now = _now()
+    now = utcnow()
     dataset.revision += 1
     dataset.modified_at = now
     db_session.add(
@@ -254,7 +250,7 @@ def publish_dataset(
         )
     dataset.state = DatasetState.PUBLISHED
     dataset.published_revision = dataset.revision
-    dataset.published_at = dataset.published_at or _now()  # dct:issued: the first publication
+    dataset.published_at = dataset.published_at or utcnow()  # dct:issued: the first publication
     db_session.add(dataset)
     _record(db_session, dataset, DatasetAction.PUBLISHED, actor)
     document = published_document(db_session=db_session, dataset=dataset, publication=publication)
@@ -279,7 +275,7 @@ def withdraw_dataset(
             code="dataset.not_published",
             extra={"state": dataset.state.value},
         )
-    now = _now()
+    now = utcnow()
     revision = dataset.published_revision
     dataset.state = DatasetState.WITHDRAWN
     dataset.published_revision = None

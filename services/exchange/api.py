@@ -19,7 +19,7 @@ from exchange.audit import AuditRecord, ChainReport, verify_chain
 from exchange.config import ExchangeSettings
 from exchange.ingest import IngestReport, ingest
 from exchange.query import MEDIA_ARROW, MEDIA_CSV, MEDIA_JSON, QueryEngine, render
-from exchange.storage import Storage, export_csv
+from exchange.storage import DatasetVersion, Storage, export_csv
 from kit.advertisements import published_metadata
 from kit.auth import Principal, Role
 from kit.errors import Forbidden, NotFound, Unprocessable
@@ -173,7 +173,7 @@ async def upload(
     return report
 
 
-def _open_version(session: SessionDep, storage: Storage, territory: str, slug: str):  # type: ignore[no-untyped-def]
+def _open_version(session: SessionDep, storage: Storage, territory: str, slug: str) -> DatasetVersion:
     metadata = _metadata(session, territory, slug)
     if metadata.access is not AccessLevel.OPEN:
         raise Forbidden(

@@ -30,7 +30,7 @@ from exchange.storage import Storage
 from kit.advertisements import published_in
 from kit.auth import Principal
 from kit.db import Database
-from kit.errors import MaillageError, NotFound, ServiceUnavailable
+from kit.errors import MaillageError, ServiceUnavailable
 from kit.grants import GrantCache
 
 __all__ = ["QueryEngine", "QueryResult", "render"]
@@ -64,12 +64,6 @@ def _alias(slug: str) -> str:
     return "ds_" + slug.replace("-", "_")
 
 
-def _acts_for(principal: Principal, consumer: str) -> bool:
-    if principal.organisation == consumer:
-        return True
-    return bool(principal.territory_roles.get(consumer))
-
-
 class QueryEngine:
     """Everything a query needs on this node."""
 
@@ -101,7 +95,7 @@ class QueryEngine:
         now = datetime.now(UTC)
         if agreement_id is not None:
             grant = self.grants.get(agreement_id, now)
-            if grant is None or grant.provider != siren or not _acts_for(principal, grant.consumer):
+            if grant is None or grant.provider != siren or not principal.acts_for(grant.consumer):
                 if not self.grants.fresh(now):
                     raise ServiceUnavailable(
                         "the grants are not confirmed by the registry right now; refusing (fail closed)",
@@ -116,7 +110,7 @@ class QueryEngine:
         else:
             candidates: dict[str, list[Grant]] = {}
             for grant in self.grants.grants():
-                if grant.provider == siren and _acts_for(principal, grant.consumer):
+                if grant.provider == siren and principal.acts_for(grant.consumer):
                     if self.grants.get(grant.agreement_id, now) is not None:
                         candidates.setdefault(grant.dataset.split("/", 1)[1], []).append(grant)
             for slug, grants in candidates.items():
@@ -245,10 +239,6 @@ class QueryEngine:
             duration_ms=(time.perf_counter() - started) * 1000,
             source=self.source,
         )
-
-    def hosted(self, siren: str, territories: list[str]) -> None:
-        if siren not in territories:
-            raise NotFound(f"territory {siren} is not hosted on this node", code="territory.not_hosted")
 
 
 def _suppress(table: Any, checked: Plan) -> tuple[Any, int | None]:

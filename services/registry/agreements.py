@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -31,6 +31,7 @@ from contracts.events import AgreementTransitionedV1
 from contracts.terms import Terms, TermsError, check_against_dataset, terms_hash
 from kit.advertisements import published_metadata
 from kit.auth import Principal, Role
+from kit.db import utcnow
 from kit.errors import Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable
 from kit.outbox import enqueue
 
@@ -50,10 +51,6 @@ __all__ = [
     "transitions_of",
     "versions_of",
 ]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class AgreementState(StrEnum):
@@ -151,8 +148,8 @@ class Agreement(SQLModel, table=True):
     valid_from: datetime
     valid_until: datetime = Field(index=True)
     requested_by: str = Field(max_length=200)
-    created_at: datetime = Field(default_factory=_now)
-    updated_at: datetime = Field(default_factory=_now)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
     activated_at: datetime | None = None
     ended_at: datetime | None = None
 
@@ -168,7 +165,7 @@ class AgreementTerms(SQLModel, table=True):
     hash: str = Field(max_length=64)
     proposed_by: str = Field(max_length=200)
     party: Party = Field(max_length=24)
-    created_at: datetime = Field(default_factory=_now)
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class AgreementTransition(SQLModel, table=True):
@@ -188,21 +185,13 @@ class AgreementTransition(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=1000)
     terms_version: int
     terms_hash: str = Field(max_length=64)
-    at: datetime = Field(default_factory=_now)
-
-
-def acts_for(principal: Principal, organisation: str) -> bool:
-    """True when the principal speaks for ``organisation`` (its member, or a role holder of that territory)."""
-    if principal.organisation == organisation:
-        return True
-    roles = principal.territory_roles.get(organisation, frozenset())
-    return bool(roles & {Role.ANALYST, Role.STEWARD, Role.ADMIN})
+    at: datetime = Field(default_factory=utcnow)
 
 
 def parties_of(principal: Principal, agreement: Agreement) -> set[Party]:
     """The roles the principal may play in this agreement."""
     parties = set()
-    if acts_for(principal, agreement.consumer):
+    if principal.acts_for(agreement.consumer):
         parties.add(Party.CONSUMER)
     if principal.has_role(agreement.provider, Role.STEWARD):
         parties.add(Party.PROVIDER_STEWARD)
@@ -221,7 +210,7 @@ def _dataset_metadata(db_session: Session, dataset: str) -> DatasetMetadata:
 def _check_terms(db_session: Session, terms: Terms) -> DatasetMetadata:
     metadata = _dataset_metadata(db_session, terms.dataset)
     try:
-        check_against_dataset(terms, metadata, now=_now())
+        check_against_dataset(terms, metadata, now=utcnow())
     except TermsError as exc:
         raise Unprocessable(exc.detail, code=exc.code) from exc
     return metadata
@@ -256,7 +245,7 @@ def _record(
     last = db_session.exec(
         select(func.max(AgreementTransition.seq)).where(col(AgreementTransition.agreement_id) == agreement.id)
     ).one()
-    at = _now()
+    at = utcnow()
     db_session.add(
         AgreementTransition(
             agreement_id=agreement.id,
@@ -295,7 +284,7 @@ def _record(
 
 def request_agreement(*, db_session: Session, terms: Terms, principal: Principal, source: str) -> Agreement:
     """A consumer asks for access on these terms (version 1)."""
-    if not acts_for(principal, terms.consumer):
+    if not principal.acts_for(terms.consumer):
         raise Forbidden(f"you do not act for organisation {terms.consumer}", code="agreement.not_consumer")
     metadata = _check_terms(db_session, terms)
     agreement_id = str(uuid.uuid4())
@@ -425,7 +414,7 @@ def transition(
         raise Unprocessable(f"{action.value} needs new terms", code="agreement.terms_required")
 
     from_state = agreement.state
-    values: dict[str, Any] = {"version": agreement.version + 1, "updated_at": _now()}
+    values: dict[str, Any] = {"version": agreement.version + 1, "updated_at": utcnow()}
     if terms is not None:
         if (terms.dataset, terms.consumer) != (agreement.dataset, agreement.consumer):
             raise Unprocessable("new terms cannot change the dataset or the consumer", code="terms.parties_changed")
@@ -444,12 +433,12 @@ def transition(
     target = _target(action, agreement)
     values["state"] = target
     if target is S.ACTIVE and agreement.activated_at is None:
-        values["activated_at"] = _now()
+        values["activated_at"] = utcnow()
     if target in TERMINAL:
-        values["ended_at"] = _now()
+        values["ended_at"] = utcnow()
     if target is S.ACTIVE and action in (Action.ACTIVATE, Action.APPROVE, Action.RESUME):
         current = terms if terms is not None else terms_of(db_session=db_session, agreement=agreement)
-        if current.valid_until <= _now():
+        if current.valid_until <= utcnow():
             raise Conflict(
                 "the agreement's validity has ended", code="agreement.expired", extra={"state": agreement.state.value}
             )

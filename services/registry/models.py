@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import JSON
 from sqlmodel import Column, Field, SQLModel
 
+from kit.db import utcnow
+
 __all__ = ["Node", "Organisation", "Territory"]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Territory(SQLModel, table=True):
@@ -24,7 +22,7 @@ class Territory(SQLModel, table=True):
     kind: str = Field(max_length=16)
     population: int = 0
     communes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    updated_at: datetime = Field(default_factory=_utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class Node(SQLModel, table=True):
@@ -37,7 +35,7 @@ class Node(SQLModel, table=True):
     hosting_country: str = Field(max_length=2)
     territories: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     urls: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    updated_at: datetime = Field(default_factory=_utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class Organisation(SQLModel, table=True):
@@ -48,5 +46,5 @@ class Organisation(SQLModel, table=True):
     siret: str = Field(primary_key=True, max_length=14)
     name: str = Field(max_length=200)
     contact_email: str = Field(max_length=254, description="a functional mailbox of the organisation")
-    created_at: datetime = Field(default_factory=_utcnow)
-    updated_at: datetime = Field(default_factory=_utcnow)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)

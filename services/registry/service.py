@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from contracts.events.registry import NodeRegisteredV1, OrganisationAdmittedV1, TerritoryRegisteredV1
+from kit.db import utcnow
 from kit.errors import Conflict, NotFound
 from kit.outbox import enqueue
 from registry.models import Node, Organisation, Territory
@@ -23,10 +23,6 @@ __all__ = [
     "seed_directory",
     "upsert_territory",
 ]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def list_territories(*, db_session: Session) -> list[Territory]:
@@ -58,7 +54,7 @@ def upsert_territory(*, db_session: Session, siren: str, body: TerritoryIn, sour
     else:
         for key, value in values.items():
             setattr(territory, key, value)
-        territory.updated_at = _now()
+        territory.updated_at = utcnow()
     db_session.add(territory)
     enqueue(db_session, TerritoryRegisteredV1(siren=siren, **values), source=source)
     return territory, True
@@ -80,7 +76,7 @@ def _upsert_node(*, db_session: Session, event: NodeRegisteredV1, source: str) -
     else:
         for key, value in values.items():
             setattr(node, key, value)
-        node.updated_at = _now()
+        node.updated_at = utcnow()
     db_session.add(node)
     enqueue(db_session, event, source=source)
     return True

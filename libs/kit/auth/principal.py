@@ -49,5 +49,12 @@ class Principal(BaseModel):
         """
         return role in self.territory_roles.get(territory, frozenset())
 
+    def acts_for(self, organisation: str) -> bool:
+        """True when the principal speaks for ``organisation`` (SIRET or SIREN): it is a member of it, or holds the
+        analyst, steward or admin role of that territory (a DPO reviews; it does not act as a consumer)."""
+        if self.organisation == organisation:
+            return True
+        return bool(self.territory_roles.get(organisation, frozenset()) & {Role.ANALYST, Role.STEWARD, Role.ADMIN})
+
     def territories_with(self, role: Role) -> set[str]:
         return {siren for siren, roles in self.territory_roles.items() if role in roles}
