@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
@@ -24,7 +24,6 @@ from sqlmodel import Session
 
 from contracts.identifiers import SubjectTokenError, validate_siren, validate_slug
 from kit.auth import Keyring, Principal
-from kit.auth.remote import RegistryKeyVerifier
 from kit.consumer import DurableConsumer
 from kit.db import Database
 from kit.errors import NotFound, Unauthorized, Unprocessable, install_error_handlers
@@ -37,6 +36,7 @@ from kit.telemetry import instrument_app, setup_telemetry
 __all__ = [
     "CallerPrincipal",
     "ContextDep",
+    "KeyVerifier",
     "TerritoryPath",
     "SlugPath",
     "CurrentPrincipal",
@@ -53,6 +53,12 @@ log = logging.getLogger(__name__)
 ConsumerFactory = Callable[["ServiceContext"], list[DurableConsumer]]
 
 
+class KeyVerifier(Protocol):
+    """Who a federated API key belongs to: None when refused (or raise Unauthorized with a precise reason)."""
+
+    async def verify(self, secret: str) -> Principal | None: ...
+
+
 @dataclass
 class ServiceContext:
     """Everything a running service holds: settings, database, NATS, relay, consumers, keyring."""
@@ -64,7 +70,7 @@ class ServiceContext:
     relay: OutboxRelay | None
     keyring: Keyring
     consumers: list[DurableConsumer] = field(default_factory=list)
-    key_verifier: RegistryKeyVerifier | None = None
+    key_verifier: KeyVerifier | None = None
     started_at: float = field(default_factory=time.time)
 
     @property

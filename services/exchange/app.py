@@ -172,7 +172,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 await state["ingestor"].stop()
             await state["grants"].stop()
             await state["sandbox"].stop()
-        if ctx.key_verifier is not None:
+        if isinstance(ctx.key_verifier, RegistryKeyVerifier):
             await ctx.key_verifier.close()
 
     app = create_service_app(

@@ -37,6 +37,7 @@ from kit.outbox import enqueue
 from registry.models import Organisation, Territory
 
 __all__ = [
+    "LocalKeyVerifier",
     "DEFAULT_LIFETIME",
     "DEFAULT_OVERLAP",
     "KEY_KIND",
@@ -557,3 +558,27 @@ async def run_expiry_sweeps(database: Database, *, source: str, interval: float 
             continue
         if swept:
             log.info("announced %d expired API keys", swept)
+
+
+class LocalKeyVerifier:
+    """The registry verifies federated keys itself, in its own database (the kit's :class:`KeyVerifier`)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def verify(self, secret: str) -> Principal | None:
+        """The key's principal; None for a key that is not a federated key; Unauthorized ``apikey.<reason>``."""
+        try:
+            if parse_key(secret).kind != KEY_KIND:
+                return None
+        except KeyFormatError:
+            return None
+        return await asyncio.to_thread(self._verify, secret)
+
+    def _verify(self, secret: str) -> Principal:
+        with self.database.unit_of_work() as session:
+            try:
+                return verify_key(db_session=session, secret=secret).principal
+            except Unauthorized as refused:
+                refused.headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+                raise

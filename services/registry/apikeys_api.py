@@ -18,16 +18,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
+from fastapi import APIRouter, Body, Path, Response, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from kit.auth import KeyFormatError, Principal, parse_key
-from kit.errors import Forbidden, Unauthorized
-from kit.service import ContextDep, SessionDep, get_principal
+from kit.auth import Principal
+from kit.errors import Forbidden
+from kit.service import CallerPrincipal, ContextDep, SessionDep
 from registry import apikeys
 from registry.apikeys import ApiKey, ApiKeyScope, ApiKeyState
 
-__all__ = ["CallerDep", "get_caller", "router"]
+__all__ = ["CallerDep", "router"]
 
 router = APIRouter(prefix="/v1", tags=["apikeys"])
 
@@ -42,28 +42,7 @@ KeyIdPath = Annotated[str, Path(max_length=36, description="id of the API key (U
 _NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # a label shown in consoles and logs: no control characters
 
 
-def get_caller(request: Request, ctx: ContextDep, session: SessionDep) -> Principal:
-    """The caller, authenticated by a bootstrap key (keyring) or by a federated API key of this registry."""
-    try:
-        return get_principal(request, ctx)
-    except Unauthorized as exc:
-        if exc.code != "auth.invalid_credentials":
-            raise
-        credentials = request.headers.get("authorization", "").partition(" ")[2].strip()
-        try:
-            kind = parse_key(credentials).kind
-        except KeyFormatError:
-            raise exc from None
-        if kind != apikeys.KEY_KIND:
-            raise
-        try:
-            return apikeys.verify_key(db_session=session, secret=credentials).principal
-        except Unauthorized as refused:
-            refused.headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            raise
-
-
-CallerDep = Annotated[Principal, Depends(get_caller)]
+CallerDep = CallerPrincipal  # bootstrap keys, or this registry's federated keys (LocalKeyVerifier)
 
 
 class ApiKeyCreate(BaseModel):

@@ -97,6 +97,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if changed:
             log.info("directory seeded from %s: %d entries changed", registry_settings.federation_file, changed)
         assert ctx.database is not None
+        ctx.key_verifier = apikeys.LocalKeyVerifier(ctx.database)
         materializer = GrantMaterializer(
             ctx.database, ctx.messaging, interval=registry_settings.grants_reconcile_interval
         )

@@ -30,7 +30,6 @@ from kit.outbox import OutboxEvent
 from kit.testing.factories import bootstrap_key, operator_principal, service_settings
 from registry import apikeys
 from registry.apikeys import ApiKey
-from registry.apikeys_api import router as apikeys_router
 from registry.app import create_app
 from registry.config import RegistrySettings
 
@@ -129,8 +128,6 @@ def registry(nats_server: NatsServer, database_url: str, tmp_path: Path, monkeyp
         keyring_file=keyring,
     )
     app = create_app(settings)
-    if not any(getattr(route, "path", "") == "/v1/apikeys/verify" for route in app.routes):
-        app.include_router(apikeys_router)  # until registry.app includes it
     with TestClient(app) as client:
         reg = Registry(client=client, keys=keys, clock=clock)
         operator = reg.auth("operator")
