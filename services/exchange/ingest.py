@@ -1013,6 +1013,14 @@ class _Checker:
         self.con.execute(f"CREATE TABLE __out.rows AS {source}")
         self.con.execute(f"COPY {exported} TO {_str(str(writer.parquet_path))} (FORMAT parquet, COMPRESSION zstd)")
         writer.subject_hash = SUBJECT_HASH_VERSION if key is not None else None
+        if key is not None:
+            # The k check's free lower bound (a group's rows divided by this) needs the most rows one subject holds.
+            row = self.con.execute(
+                f'SELECT max(n), count(*) FROM (SELECT count(*) AS n FROM __out.rows WHERE "{SUBJECT_HASH_COLUMN}" '
+                f'IS NOT NULL GROUP BY "{SUBJECT_HASH_COLUMN}")'
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                writer.subject_rows_max, writer.subjects = int(row[0]), int(row[1])
 
 
 def _cell_error(row: int, schema_field: SchemaField, code: str, value: str | None) -> IngestError:

@@ -136,6 +136,9 @@ class QueryEngine:
                 schema=meta.table_schema,
                 access=meta.access,
                 has_subject_hash=current.subject_hash == SUBJECT_HASH_VERSION,
+                subject_rows_max=current.subject_rows_max,
+                subjects=current.subjects,
+                rows=current.rows,
             )
             attachments[slug] = Attachment(alias=alias, path=current.duckdb_path, version=str(current.version))
         return infos, attachments

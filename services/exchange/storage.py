@@ -97,6 +97,10 @@ class DatasetVersion:
     # data.duckdb's table ``rows`` holds the hidden subject hash column, computed as this definition says
     # (exchange.policy.scans.SUBJECT_HASH_VERSION); None: it does not (older versions, no subject_key).
     subject_hash: str | None = None
+    # With subject_hash: the most rows any one hash value holds in ``rows`` (an upper bound after deletions). The k
+    # check divides a group's row count by it for a free lower bound of its distinct subjects (exchange.policy).
+    subject_rows_max: int | None = None
+    subjects: int | None = None  # and how many distinct hash values it holds
 
     @property
     def parquet_path(self) -> Path:
@@ -133,7 +137,17 @@ class DatasetVersion:
             "schema_hash": self.schema_hash,
             "created_at": self.created_at.isoformat(),
             **({"subject_hash": self.subject_hash} if self.subject_hash is not None else {}),
+            **({"subject_rows_max": self.subject_rows_max} if self.subject_rows_max is not None else {}),
+            **({"subjects": self.subjects} if self.subjects is not None else {}),
         }
+
+
+def _optional_count(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"not a positive count: {value!r}")
+    return value
 
 
 def _optional_str(value: Any) -> str | None:
@@ -213,6 +227,8 @@ class Storage:
                 created_at=datetime.fromisoformat(pointer["created_at"]),
                 directory=directory / f"v{number}",
                 subject_hash=_optional_str(pointer.get("subject_hash")),
+                subject_rows_max=_optional_count(pointer.get("subject_rows_max")),
+                subjects=_optional_count(pointer.get("subjects")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError(f"{directory / POINTER_FILE} is not a version pointer: {exc}") from exc
@@ -348,6 +364,8 @@ class VersionWriter:
         self.version = max([previous.version if previous else 0, *_version_numbers(directory)]) + 1
         self.committed: DatasetVersion | None = None
         self.subject_hash: str | None = None  # set by whoever writes the hidden subject hash column
+        self.subject_rows_max: int | None = None  # and the most rows one hash value holds
+        self.subjects: int | None = None  # and how many hash values there are
 
     @property
     def parquet_path(self) -> Path:
@@ -389,6 +407,8 @@ class VersionWriter:
             created_at=datetime.now(UTC),
             directory=self.directory / f"v{self.version}",
             subject_hash=self.subject_hash,
+            subject_rows_max=self.subject_rows_max if self.subject_hash is not None else None,
+            subjects=self.subjects if self.subject_hash is not None else None,
         )
         self._rename()
         self._publish(version)

@@ -47,11 +47,14 @@ Rules
   value in another). Equal subjects have equal hashes and a collision merges two subjects, so the distinct count can
   only be lower than the subjects': never a release below k (a collision, about k²/2⁶⁵ per group, could only
   suppress). When the aggregation reads dataset scans only (no CTE, derived table or subquery: rows that are the
-  same multiset on every read), it runs in two phases: groups whose number of distinct hash buckets
-  (``bit_count(bit_or(1 << hash % 64))``, never more than the distinct subjects) is at least k are released on that
-  bound, which is then their ``__maillage_k`` value; the exact distinct count is computed only for the other groups
-  (their rows, joined on the group keys with ``IS NOT DISTINCT FROM``) and decides them, so exactly the same groups
-  are released and counted as suppressed as with the single-pass count. Other shapes keep the single-pass count.
+  same multiset on every read), it runs in tiers of lower bounds, cheapest first, each computed only for the groups
+  the previous one left below k (their rows, joined on the group keys with ``IS NOT DISTINCT FROM``): (1) when one
+  stored table is read without joins and its subjects contribute evenly (:attr:`DatasetInfo.subject_rows_max`, the
+  most rows one hash holds, at most twice the mean), the group's rows with a subject divided by that maximum —
+  free, since no subject can put more rows in a group; (2) the number of distinct hash buckets
+  (``bit_count(bit_or(1 << hash % 64))``, never more than the distinct subjects); (3) the exact distinct count. A
+  group released by a bound carries it as its ``__maillage_k`` value; exactly the same groups are released and
+  counted as suppressed as with the single-pass count. Other shapes keep the single-pass count.
 * Error oracles: a runtime error (failed cast, overflow, division by zero) raised by some rows only would tell the
   caller those rows exist, whatever k says. Everything computed per protected row (WHERE, JOIN ON and their cast to
   BOOLEAN, group keys, projections, aggregate arguments) is wrapped in DuckDB's ``TRY()``, which yields NULL

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import sqlglot
 from sqlglot import exp
@@ -505,13 +506,22 @@ class _Analyzer:
         k = max(self.sources[ds].k or 0 for _, _, datasets in subjects for ds in datasets)
         self.k = max(self.k, k)
         self.limits(sel, _Kind.RELEASED)
-        lower: exp.Expr | None = None
+        tiers: list[Callable[[], exp.Expr]] = []
         if all(self.sources[ds].subject_hash for _, _, datasets in subjects for ds in datasets):
-            # Every subject column holds the stored 64-bit subject hash: a cheap lower bound of the distinct count
-            # decides most groups, the exact count is computed for the others only (see two_phase).
-            bounds = [_bucket_bound(_hidden(bound, name)) for bound, name, _ in subjects]
-            lower = bounds[0] if len(bounds) == 1 else _least(bounds)
-        result = self.split(sel, group_keys, names, [k_expr], [K_COLUMN], k, per_row=False, lower=lower)
+            # Every subject column holds the stored 64-bit subject hash: cheap lower bounds of the distinct count
+            # decide most groups, the exact count is computed for the others only (see two_phase).
+            if len(subjects) == 1 and not sel.args.get("joins") and len(subjects[0][2]) == 1:
+                bound, name, datasets = subjects[0]
+                most = self.sources[next(iter(datasets))].subject_rows_max
+                if most is not None:
+                    tiers.append(partial(_rows_bound, _hidden(bound, name), most))
+
+            def buckets() -> exp.Expr:
+                bounds = [_bucket_bound(_hidden(b, n)) for b, n, _ in subjects]
+                return bounds[0] if len(bounds) == 1 else _least(bounds)
+
+            tiers.append(buckets)
+        result = self.split(sel, group_keys, names, [k_expr], [K_COLUMN], k, per_row=False, tiers=tiers)
         if role is _Role.FINAL:
             self.count_suppressed(sel, k)
             sel.append(
@@ -562,7 +572,7 @@ class _Analyzer:
         extra_names: list[str],
         k: int | None,
         per_row: bool,
-        lower: exp.Expr | None = None,
+        tiers: Sequence[Callable[[], exp.Expr]] = (),
     ) -> str:
         """Aggregate in a derived table, then compute the caller's expressions on its rows.
 
@@ -615,8 +625,8 @@ class _Analyzer:
             positions.extend(exp.Literal.number(len(inner_items) - len(extra) + i + 1) for i in range(len(extra)))
         if positions:
             inner.set("group", exp.Group(expressions=positions))
-        if k is not None and lower is not None and self.scans_only(inner):
-            inner = self.two_phase(inner, len(group_keys), lower, k)
+        if k is not None and tiers and self.scans_only(inner):
+            inner = self.two_phase(inner, len(group_keys), tiers, k)
         elif k is not None:
             inner.set("having", exp.Having(this=exp.GTE(this=extra[0].copy(), expression=exp.Literal.number(k))))
 
@@ -694,29 +704,32 @@ class _Analyzer:
             stack.extend(node.iter_expressions())
         return True
 
-    def two_phase(self, inner: exp.Select, width: int, lower: exp.Expr, k: int) -> exp.Select:
-        """The released aggregation ``inner`` (its last item the exact subject count), decided in two phases.
+    def two_phase(self, inner: exp.Select, width: int, tiers: Sequence[Callable[[], exp.Expr]], k: int) -> exp.Select:
+        """The released aggregation ``inner`` (its last item the exact subject count), decided in phases.
 
-        ``inner`` computes, instead of the exact count, ``lower``: a lower bound of it (distinct hash buckets, see
-        :func:`_bucket_bound`), and becomes the CTE ``q``. A group whose bound is at least k is released on it; the
-        exact count is computed only for the other groups, over the rows whose group keys are theirs (joined with
-        ``IS NOT DISTINCT FROM``, grouped by the failing group's own key values), and joined back::
+        Each tier builds a lower bound of the exact count (:func:`_rows_bound`, :func:`_bucket_bound`), cheapest first.
+        ``inner`` computes the first one instead of the exact count and becomes the CTE ``q0``. A group whose bound is
+        at least k is released on it; the next tier is computed only for the other groups, over the rows whose group
+        keys are theirs (joined with ``IS NOT DISTINCT FROM``, grouped by the failing group's own key values), and so
+        on; the exact count only for the groups that every tier left below k. All are joined back::
 
-            WITH q AS MATERIALIZED (SELECT g.., a.., lower AS b FROM t WHERE w GROUP BY g..)
-            SELECT q.g.., q.a.., CASE WHEN q.b >= K THEN q.b ELSE coalesce(e.k, 0) END AS __maillage_k
-            FROM q LEFT JOIN (SELECT f.g.., <exact> AS k FROM t JOIN (SELECT g.. FROM q WHERE b < K) f
-                              ON <keys> IS NOT DISTINCT FROM f.g.. WHERE w GROUP BY f.g..) e
-            ON q.g.. IS NOT DISTINCT FROM e.g..
+            WITH q0 AS MATERIALIZED (SELECT g.., a.., lower0 AS b FROM t WHERE w GROUP BY g..),
+                 q1 AS MATERIALIZED (SELECT f.g.., lower1 AS b FROM t JOIN (SELECT g.. FROM q0 WHERE b < K) f
+                                     ON <keys> IS NOT DISTINCT FROM f.g.. WHERE w GROUP BY f.g..)
+            SELECT q0.g.., q0.a.., CASE WHEN q0.b >= K THEN q0.b WHEN q1.b >= K THEN q1.b
+                                        ELSE coalesce(e.k, 0) END AS __maillage_k
+            FROM q0 LEFT JOIN q1 ON q0.g.. IS NOT DISTINCT FROM q1.g..
+                    LEFT JOIN (SELECT f.g.., <exact> AS k FROM t JOIN (SELECT g.. FROM q1 WHERE b < K) f
+                               ON <keys> IS NOT DISTINCT FROM f.g.. WHERE w GROUP BY f.g..) e
+                    ON q0.g.. IS NOT DISTINCT FROM e.g..
             WHERE <the same CASE> >= K
 
-        The released k column is then the bound (at least k) or the exact count. A group whose rows the join would
-        miss gets 0 and is suppressed: every error of this construction suppresses, none releases.
+        The released k column is then a bound (at least k) or the exact count. A group whose rows a join would miss
+        gets no bound and 0 and is suppressed: every error of this construction suppresses, none releases.
         """
         items = list(inner.expressions)
         keys = [item.alias for item in items[:width]]
         exact = items[-1].this
-        q_name, f_name, e_name = self.fresh("q"), self.fresh("f"), self.fresh("e")
-        self.cte_names.add(q_name)
         bound_name = f"{RESERVED_PREFIX}_b"
         k_literal = exp.Literal.number(int(k))
 
@@ -727,71 +740,85 @@ class _Analyzer:
             pairs = [exp.NullSafeEQ(this=a, expression=b) for a, b in zip(left, right, strict=True)]
             return exp.and_(*pairs, copy=False) if pairs else exp.Boolean(this=True)
 
-        # Without group keys (one group), the single failing row, if any.
-        failing = exp.Select(expressions=[col(q_name, name) for name in keys] or [exp.Literal.number(1)])
-        failing.set("from_", exp.From(this=exp.Table(this=_quoted(q_name))))
-        failing.set("where", exp.Where(this=exp.LT(this=col(q_name, bound_name), expression=k_literal.copy())))
-        counted = exp.Select(
-            expressions=[
-                *(exp.alias_(col(f_name, name), name, quoted=True) for name in keys),
-                exp.alias_(self.duplicate(exact), K_COLUMN, quoted=True),
-            ]
-        )
-        counted.set("from_", self.duplicate(inner.args["from_"]))
-        joins = [self.duplicate(join) for join in inner.args.get("joins") or []]
-        key_copies = [self.duplicate(item.this) for item in items[:width]]
-        joins.append(
-            exp.Join(
-                this=exp.Subquery(this=failing, alias=exp.TableAlias(this=_quoted(f_name))),
-                on=on(key_copies, [col(f_name, name) for name in keys]),
+        def over_failing(previous: str, value: exp.Expr, name: str) -> exp.Select:
+            """``value`` per group, over the rows of the groups that ``previous`` left below k."""
+            f_name = self.fresh("f")
+            # Without group keys (one group), the single failing row, if any.
+            failing = exp.Select(expressions=[col(previous, key) for key in keys] or [exp.Literal.number(1)])
+            failing.set("from_", exp.From(this=exp.Table(this=_quoted(previous))))
+            failing.set("where", exp.Where(this=exp.LT(this=col(previous, bound_name), expression=k_literal.copy())))
+            counted = exp.Select(
+                expressions=[
+                    *(exp.alias_(col(f_name, key), key, quoted=True) for key in keys),
+                    exp.alias_(value, name, quoted=True, copy=False),
+                ]
             )
-        )
-        counted.set("joins", joins)
-        if inner.args.get("where") is not None:
-            counted.set("where", self.duplicate(inner.args["where"]))
-        if width:
-            counted.set("group", exp.Group(expressions=[exp.Literal.number(i + 1) for i in range(width)]))
+            counted.set("from_", self.duplicate(inner.args["from_"]))
+            joins = [self.duplicate(join) for join in inner.args.get("joins") or []]
+            key_copies = [self.duplicate(item.this) for item in items[:width]]
+            joins.append(
+                exp.Join(
+                    this=exp.Subquery(this=failing, alias=exp.TableAlias(this=_quoted(f_name))),
+                    on=on(key_copies, [col(f_name, key) for key in keys]),
+                )
+            )
+            counted.set("joins", joins)
+            if inner.args.get("where") is not None:
+                counted.set("where", self.duplicate(inner.args["where"]))
+            if width:
+                counted.set("group", exp.Group(expressions=[exp.Literal.number(i + 1) for i in range(width)]))
+            return counted
 
-        items[-1] = exp.alias_(lower, bound_name, quoted=True, copy=False)
-        inner.set("expressions", items)
+        ctes: list[exp.CTE] = []
+        names: list[str] = []
+        for index, tier in enumerate(tiers):
+            name = self.fresh("q")
+            self.cte_names.add(name)
+            if index == 0:
+                body = inner
+                body.set("expressions", [*items[:-1], exp.alias_(tier(), bound_name, quoted=True, copy=False)])
+            else:
+                body = over_failing(names[-1], tier(), bound_name)
+            ctes.append(exp.CTE(this=body, alias=exp.TableAlias(this=_quoted(name)), materialized=True))
+            names.append(name)
+        e_name = self.fresh("e")
+        counted = over_failing(names[-1], self.duplicate(exact), K_COLUMN)
+        first = names[0]
 
         def decided() -> exp.Expr:
             return exp.Case(
                 ifs=[
                     exp.If(
-                        this=exp.GTE(this=col(q_name, bound_name), expression=k_literal.copy()),
-                        true=col(q_name, bound_name),
+                        this=exp.GTE(this=col(name, bound_name), expression=k_literal.copy()),
+                        true=col(name, bound_name),
                     )
+                    for name in names
                 ],
                 default=exp.Coalesce(this=col(e_name, K_COLUMN), expressions=[exp.Literal.number(0)]),
             )
 
         wrapper = exp.Select(
             expressions=[
-                *(exp.alias_(col(q_name, item.alias), item.alias, quoted=True) for item in items[:-1]),
+                *(exp.alias_(col(first, item.alias), item.alias, quoted=True) for item in items[:-1]),
                 exp.alias_(decided(), K_COLUMN, quoted=True),
             ]
         )
-        wrapper.set("from_", exp.From(this=exp.Table(this=_quoted(q_name))))
+        wrapper.set("from_", exp.From(this=exp.Table(this=_quoted(first))))
+        later: list[tuple[exp.Expr, str]] = [(exp.Table(this=_quoted(name)), name) for name in names[1:]]
+        later.append((exp.Subquery(this=counted, alias=exp.TableAlias(this=_quoted(e_name))), e_name))
         wrapper.set(
             "joins",
             [
                 exp.Join(
-                    this=exp.Subquery(this=counted, alias=exp.TableAlias(this=_quoted(e_name))),
+                    this=source,
                     side="LEFT",
-                    on=on([col(q_name, name) for name in keys], [col(e_name, name) for name in keys]),
+                    on=on([col(first, key) for key in keys], [col(alias, key) for key in keys]),
                 )
+                for source, alias in later
             ],
         )
         wrapper.set("where", exp.Where(this=exp.GTE(this=decided(), expression=k_literal.copy())))
-        wrapper.set(
-            "with_",
-            exp.With(
-                expressions=[
-                    exp.CTE(this=inner, alias=exp.TableAlias(this=_quoted(q_name)), materialized=True),
-                ]
-            ),
-        )
+        wrapper.set("with_", exp.With(expressions=ctes))
         self.two_phased.add(id(wrapper))
         self.pins.append(wrapper)
         return wrapper
@@ -1428,6 +1455,13 @@ def _bucket_bound(subject: exp.Expr) -> exp.Expr:
         this=exp.Anonymous(this="BIT_COUNT", expressions=[exp.Anonymous(this="BIT_OR", expressions=[bit])]),
         expressions=[exp.Literal.number(0)],
     )
+
+
+def _rows_bound(subject: exp.Expr, most: int) -> exp.Expr:
+    """A lower bound of ``count(DISTINCT subject)`` over rows of one stored table where no subject hash value holds
+    more than ``most`` rows (:attr:`DatasetInfo.subject_rows_max`): the group's rows with a subject, divided by
+    ``most``. Costs a count, which the caller's query often computes anyway."""
+    return exp.IntDiv(this=exp.Count(this=subject.copy(), big_int=True), expression=exp.Literal.number(int(most)))
 
 
 def _hidden(bound: _Bound, name: str) -> exp.Column:

@@ -23,6 +23,14 @@ class DatasetInfo:
     ``has_subject_hash``: the relation also holds the hidden column ``__maillage_sh`` (UBIGINT), the 64-bit hash of
     the ``subject_key`` written at ingestion (see :data:`exchange.policy.scans.SUBJECT_HASH_COLUMN`); the k count then
     counts distinct hashes instead of distinct subject values (faster, never more than the distinct subjects).
+
+    ``subject_rows_max`` (with ``has_subject_hash``): no hash value holds more rows of the relation than this. A group
+    of n rows read from the relation alone then covers at least n // subject_rows_max distinct hashes, a free lower
+    bound that releases most groups without counting distinct subjects. An overestimate only weakens the bound; an
+    underestimate would be unsound, so the exchange records it at ingestion over the whole stored table, with
+    ``subjects``, the number of distinct hash values: the bound is used only when contributions are even (the most
+    rows of one subject at most twice the mean), where it tends to release whole queries; on skewed data it would
+    leave most groups to a second scan, and the distinct-bucket bound is cheaper.
     """
 
     slug: str
@@ -30,6 +38,9 @@ class DatasetInfo:
     schema: TableSchema
     access: AccessLevel
     has_subject_hash: bool = False
+    subject_rows_max: int | None = None
+    subjects: int | None = None
+    rows: int | None = None  # the relation's row count, for the mean
 
 
 @dataclass(frozen=True)

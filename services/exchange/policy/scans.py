@@ -59,6 +59,8 @@ class Source:
     row_filter: tuple[RowPredicate, ...]
     consent_filter: str | None
     subject_hash: bool = False  # count the hidden hash column instead of the subject itself
+    # With subject_hash, when contributions are even: no hash value holds more rows (DatasetInfo).
+    subject_rows_max: int | None = None
 
     def scan(self, alias: exp.Identifier, columns: list[exp.Identifier]) -> exp.Subquery:
         """The subquery standing for the dataset, aliased ``alias`` (with optional column aliases)."""
@@ -145,7 +147,15 @@ def source(info: DatasetInfo, permission: Permission, *, hashed: bool = False) -
         row_filter=tuple(terms.row_filter),
         consent_filter=permission.consent_filter,
         subject_hash=subject_hash,
+        subject_rows_max=info.subject_rows_max if subject_hash and _even(info) else None,
     )
+
+
+def _even(info: DatasetInfo) -> bool:
+    """Subjects contribute evenly: the most rows of one is at most twice the mean (see DatasetInfo)."""
+    if info.subject_rows_max is None or not info.subjects or info.rows is None:
+        return False
+    return info.subject_rows_max * info.subjects <= 2 * info.rows
 
 
 def _subject_expression(columns: tuple[str, ...]) -> exp.Expr:

@@ -709,6 +709,9 @@ def test_a_subject_key_gets_a_hidden_hash_in_duckdb_only(storage: Storage) -> No
     assert version is not None and version.version == 2 and version.subject_hash == SUBJECT_HASH_VERSION
     pointer = json.loads((version.directory.parent / POINTER_FILE).read_text())
     assert pointer["subject_hash"] == SUBJECT_HASH_VERSION
+    # The statistics of the k check's row-count bound, over the whole appended table: M-1 holds two rows of three.
+    assert (pointer["subject_rows_max"], pointer["subjects"]) == (2, 2)
+    assert (version.subject_rows_max, version.subjects) == (2, 2)
     con = duckdb.connect(":memory:")
     try:
         con.execute(f"ATTACH '{version.duckdb_path}' AS d (READ_ONLY)")
@@ -728,4 +731,5 @@ def test_a_dataset_without_subject_key_has_no_hash(storage: Storage, measure_sch
     ok(ingest(storage, SIREN, "comptages-velo", measure_schema, csv_bytes(HEADER + measure_rows(3))))
     version = storage.current(SIREN, "comptages-velo")
     assert version is not None and version.subject_hash is None
-    assert "subject_hash" not in json.loads((version.directory.parent / POINTER_FILE).read_text())
+    pointer = json.loads((version.directory.parent / POINTER_FILE).read_text())
+    assert "subject_hash" not in pointer and "subject_rows_max" not in pointer and version.subject_rows_max is None

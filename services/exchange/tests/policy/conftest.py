@@ -114,6 +114,25 @@ def hashed_world(world: World) -> World:
     return World(datasets, dict(world.permissions))
 
 
+@pytest.fixture(scope="session")
+def counted_world(world: World) -> World:
+    """The hashed world, with the ingestion's row statistics of the water table: each meter holds one row a month."""
+    meters = sum(COMMUNES.values())
+    datasets = {
+        slug: replace(info, has_subject_hash=True)
+        if slug != WATER
+        else replace(
+            info,
+            has_subject_hash=True,
+            subject_rows_max=len(MONTHS),
+            subjects=meters,
+            rows=meters * len(MONTHS),
+        )
+        for slug, info in world.datasets.items()
+    }
+    return World(datasets, dict(world.permissions))
+
+
 def water_rows(seed: int = 7) -> list[tuple[Any, ...]]:
     """(meter_id, commune_insee, month, volume_m3, household_size) rows."""
     rng = random.Random(seed)

@@ -284,6 +284,20 @@ def test_subjects_counted_by_their_stored_hash_release_the_same_groups(
     check_water_query(query, hashed_world, con, trusted, released)
 
 
+@SETTINGS
+@given(query=water_queries())
+def test_groups_released_on_their_row_count_are_the_groups_of_k_subjects(
+    query: WaterQuery,
+    counted_world: Any,
+    con: duckdb.DuckDBPyConnection,
+    trusted: duckdb.DuckDBPyConnection,
+    released: Any,
+) -> None:
+    # With the most rows of one meter known (6), a group of at least 6·k rows is released on its row count, the
+    # others on distinct hash buckets or, below k there too, on the exact count: the same groups as the exact count.
+    check_water_query(query, counted_world, con, trusted, released)
+
+
 def check_water_query(
     query: WaterQuery, world: Any, con: duckdb.DuckDBPyConnection, trusted: duckdb.DuckDBPyConnection, released: Any
 ) -> None:

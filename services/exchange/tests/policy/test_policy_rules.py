@@ -806,3 +806,39 @@ def test_groups_below_the_hash_bound_are_decided_on_the_exact_count(world: Any, 
     )
     assert con.execute(whole.sql).fetchall() == []
     con.close()
+
+
+def test_the_row_count_bound_releases_large_groups_and_leaves_the_others_to_the_next_tiers(
+    counted_world: Any, world: Any, make_db: Any
+) -> None:
+    from dataclasses import replace
+
+    from exchange.policy import plan
+
+    con = make_db()
+    by_commune = "SELECT commune_insee, count(*) AS n FROM consommation_eau_menages GROUP BY commune_insee ORDER BY 1"
+    by_month = (
+        "SELECT commune_insee, month, count(*) AS n FROM consommation_eau_menages GROUP BY commune_insee, month "
+        "ORDER BY 1, 2"
+    )
+    for sql in (by_commune, by_month):
+        counted = counted_world.plan(sql)
+        # Tier one: the rows with a subject divided by the most rows of one meter (6), then buckets, then exact.
+        assert 'COUNT("consommation_eau_menages"."__maillage_s") // 6' in counted.sql
+        assert "BIT_OR" in counted.sql
+        exact = world.plan(sql)
+        assert con.execute(counted.sql).fetchall() != []
+        released = [row[:-1] for row in con.execute(counted.sql).fetchall()]
+        expected = [row[:-1] for row in con.execute(exact.sql).fetchall()]
+        assert released == expected  # the same groups, values and suppressed count; only the k column differs
+    # Joins can repeat a row: the row count of a joined group bounds nothing, only buckets are used.
+    joined = counted_world.plan(
+        "SELECT a.commune_insee, count(*) FROM consommation_eau_menages a "
+        "JOIN consommation_eau_menages b USING (commune_insee, month) GROUP BY 1"
+    )
+    assert "// 6" not in joined.sql and "BIT_OR" in joined.sql
+    # Uneven contributions (one meter holding far more than twice the mean): the bound would release little.
+    water = counted_world.datasets[WATER]
+    skewed = {**counted_world.datasets, WATER: replace(water, subject_rows_max=100)}
+    assert "// 100" not in plan(by_commune, datasets=skewed, permissions=counted_world.permissions).sql
+    con.close()
