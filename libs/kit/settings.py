@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contracts.identifiers import validate_node_id, validate_siren
+from kit.pseudonyms import DEVELOPMENT_SECRET
 
 __all__ = ["PLACEHOLDER_SECRETS", "ServiceSettings", "service_config"]
 
@@ -48,6 +49,12 @@ class ServiceSettings(BaseSettings):
     territories: Annotated[list[str], NoDecode] = Field(default_factory=list)
     keyring_file: Path | None = None
     secret_key: SecretStr = SecretStr("changethis")
+    # Shared by the consent service and the exchange of a node (one environment variable for both): the secret the
+    # territories' pseudonymisation keys derive from (kit.pseudonyms). Changing it orphans every stored pseudonym.
+    pseudonym_secret: SecretStr = Field(
+        default=SecretStr(DEVELOPMENT_SECRET),
+        validation_alias=AliasChoices("MAILLAGE_PSEUDONYM_SECRET", "pseudonym_secret"),
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     forwarded_allow_ips: str | None = Field(
         default=None, description="proxies trusted for X-Forwarded-For (e.g. the ingress controller's addresses)"
@@ -82,6 +89,12 @@ class ServiceSettings(BaseSettings):
                 raise ValueError(f"secret_key is a placeholder; set a real secret before running in {self.environment}")
             if len(self.secret_key.get_secret_value()) < 32:
                 raise ValueError("secret_key must be at least 32 characters outside development")
+            pseudonym_secret = self.pseudonym_secret.get_secret_value()
+            if pseudonym_secret == DEVELOPMENT_SECRET or len(pseudonym_secret) < 32:
+                raise ValueError(
+                    "MAILLAGE_PSEUDONYM_SECRET must be set (32 characters or more) "
+                    f"before running in {self.environment}"
+                )
         return self
 
     def resolved_database_url(self, service: str) -> str:

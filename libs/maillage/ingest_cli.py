@@ -9,6 +9,7 @@ the node itself; the exchange should not be writing the same dataset meanwhile, 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -30,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from contracts.identifiers import SubjectTokenError, validate_siren, validate_slug
+from kit.pseudonyms import DEVELOPMENT_SECRET
 
 __all__ = ["ingest"]
 
@@ -181,7 +183,10 @@ def _ingest_locally(
     from exchange.storage import Storage
     from kit.errors import MaillageError
 
-    storage = Storage(data_dir.expanduser())
+    # The node's pseudonymisation secret, as the exchange reads it (subjects are hashed with the territory's key).
+    storage = Storage(
+        data_dir.expanduser(), pseudonym_secret=os.environ.get("MAILLAGE_PSEUDONYM_SECRET", DEVELOPMENT_SECRET)
+    )
     if schema_file is not None:
         try:
             document = json.loads(schema_file.read_text(encoding="utf-8"))

@@ -111,7 +111,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     async def on_startup(ctx: ServiceContext) -> None:
         assert ctx.database is not None
-        storage = Storage(exchange_settings.data_dir)
+        storage = Storage(
+            exchange_settings.data_dir, pseudonym_secret=exchange_settings.pseudonym_secret.get_secret_value()
+        )
         await asyncio.to_thread(storage.remove_leftovers)
         sandbox = SandboxPool(
             exchange_settings.sandbox_workers,

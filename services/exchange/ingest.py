@@ -1008,7 +1008,8 @@ class _Checker:
             # The query workers' table gets the hidden subject hash (the k count reads it); the Parquet, the
             # exportable form, does not.
             quoted = '"' + key.name.replace('"', '""') + '"'
-            source = f'SELECT *, {subject_hash_sql(quoted)} AS "{SUBJECT_HASH_COLUMN}" FROM ({source})'
+            hashed = subject_hash_sql(quoted, writer.storage.pseudonym_key(writer.siren))
+            source = f'SELECT *, {hashed} AS "{SUBJECT_HASH_COLUMN}" FROM ({source})'
             exported = f'(SELECT * EXCLUDE ("{SUBJECT_HASH_COLUMN}") FROM __out.rows)'
         self.con.execute(f"CREATE TABLE __out.rows AS {source}")
         self.con.execute(f"COPY {exported} TO {_str(str(writer.parquet_path))} (FORMAT parquet, COMPRESSION zstd)")

@@ -41,6 +41,7 @@ import duckdb
 from contracts.datasets import TableSchema
 from contracts.identifiers import SubjectTokenError, validate_siren, validate_slug
 from kit.errors import BadRequest, Conflict
+from kit.pseudonyms import DEVELOPMENT_SECRET, territory_key
 
 __all__ = [
     "POINTER_FILE",
@@ -180,10 +181,13 @@ class Storage:
     switch finishes its work.
     """
 
-    def __init__(self, root: Path, *, keep_versions: int | None = 2) -> None:
+    def __init__(
+        self, root: Path, *, keep_versions: int | None = 2, pseudonym_secret: str | bytes = DEVELOPMENT_SECRET
+    ) -> None:
         if keep_versions is not None and keep_versions < 2:
             raise ValueError("keep_versions must be at least 2 (the current version and the previous one)")
         self.root = Path(root)
+        self._pseudonym_secret = pseudonym_secret
         self.keep_versions = keep_versions
 
     # -- paths ---------------------------------------------------------------------------------------------------
@@ -232,6 +236,10 @@ class Storage:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError(f"{directory / POINTER_FILE} is not a version pointer: {exc}") from exc
+
+    def pseudonym_key(self, siren: str) -> bytes:
+        """The pseudonymisation key of ``siren`` (kit.pseudonyms): ingestion hashes subjects with it."""
+        return territory_key(self._pseudonym_secret, siren)
 
     def versions(self, siren: str, slug: str) -> list[int]:
         """Numbers of the version directories present on disk (committed or orphaned), ascending."""

@@ -71,6 +71,7 @@ def service_settings(
     return settings_cls(
         environment="test",
         secret_key=SecretStr("test-secret-" + "x" * 32),
+        pseudonym_secret=SecretStr("test-pseudonym-secret-" + "x" * 32),
         data_dir=data_dir,
         nats_url=nats_url,
         database_url=database_url,

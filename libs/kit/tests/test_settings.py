@@ -30,7 +30,13 @@ def test_placeholder_secret_accepted_in_development_only(monkeypatch):
             DemoSettings(environment=environment)
         with pytest.raises(ValidationError, match="at least 32"):
             DemoSettings(environment=environment, secret_key="short-but-not-placeholder")
-    assert DemoSettings(environment="production", secret_key="s" * 40).environment == "production"
+    with pytest.raises(ValidationError, match="MAILLAGE_PSEUDONYM_SECRET"):
+        DemoSettings(environment="production", secret_key="s" * 40)
+    assert DemoSettings(environment="production", secret_key="s" * 40, pseudonym_secret="p" * 40).environment == (
+        "production"
+    )
+    monkeypatch.setenv("MAILLAGE_PSEUDONYM_SECRET", "q" * 40)  # one variable for every service of the node
+    assert DemoSettings(environment="production", secret_key="s" * 40).pseudonym_secret.get_secret_value() == "q" * 40
 
 
 def test_secret_never_printed():

@@ -18,6 +18,7 @@ from sqlglot import exp
 
 from contracts.datasets import AccessLevel
 from contracts.terms import Operator, RowPredicate
+from kit.pseudonyms import pseudonym_sql
 
 from .errors import TABLE_NOT_ALLOWED, UNSUPPORTED_SHAPE, PolicyError
 from .model import DatasetInfo, Permission
@@ -31,15 +32,18 @@ SUBJECT_COLUMN = "__maillage_s"
 # subjects into one. So a group whose hash count is at least k has at least k distinct subjects.
 SUBJECT_HASH_COLUMN = "__maillage_sh"
 # The hash's definition, recorded with each stored version (current.json): hashes are only compared (UNION ALL, joins
-# of datasets sharing subjects) when every version was written with this same definition. md5 rather than DuckDB's
-# hash(), whose values may change between DuckDB releases.
-SUBJECT_HASH_VERSION = "md5-64-v1"
+# of datasets sharing subjects) when every version was written with this same definition (and the same territory
+# key). A keyed HMAC rather than DuckDB's hash() (whose values may change between releases) or a plain digest (which
+# anyone could recompute from a candidate identifier); the earlier "md5-64-v1" versions count by value until
+# re-ingested.
+SUBJECT_HASH_VERSION = "hmac-sha256-64-v1"
 
 
-def subject_hash_sql(column: str) -> str:
-    """SQL computing the subject hash of ``column`` (a quoted identifier): the first 64 bits of md5(text); NULL stays
+def subject_hash_sql(column: str, key: bytes) -> str:
+    """SQL computing the subject hash of ``column`` (a quoted identifier) with the territory's pseudonymisation key:
+    the first 64 bits of HMAC-SHA256 of its text (kit.pseudonyms), the same value consent events name; NULL stays
     NULL (not counted, as count(DISTINCT subject) does not count NULL)."""
-    return f"CAST(('0x' || substr(md5(CAST({column} AS VARCHAR)), 1, 16)) AS UBIGINT)"
+    return pseudonym_sql(column, key)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from catalog.seeds import SeedTerritory, demo_datasets
 from contracts.terms import Terms
 from exchange.policy import DatasetInfo, Permission, Plan, plan
 from exchange.policy.scans import SUBJECT_HASH_COLUMN, subject_hash_sql
+from kit.pseudonyms import territory_key
 
 TERRITORY = SeedTerritory(siren="242100410", name="Dijon Métropole", communes=("21231", "21166"), node="node-dijon")
 WATER, BUS, LEAKS, BIKES = "consommation-eau-menages", "frequentation-bus", "fuites-reseau-eau", "comptages-velo"
@@ -182,7 +183,8 @@ def create_tables(
     con.executemany(f"INSERT INTO {physical(WATER)} VALUES (?, ?, ?, ?, ?)", water or water_rows())
     # The hidden subject hash that ingestion stores (read only by worlds whose water dataset has_subject_hash).
     con.execute(f'ALTER TABLE {physical(WATER)} ADD COLUMN "{SUBJECT_HASH_COLUMN}" UBIGINT')
-    con.execute(f'UPDATE {physical(WATER)} SET "{SUBJECT_HASH_COLUMN}" = {subject_hash_sql("meter_id")}')
+    hashed = subject_hash_sql("meter_id", territory_key("test pseudonym secret, not a real one", "242100410"))
+    con.execute(f'UPDATE {physical(WATER)} SET "{SUBJECT_HASH_COLUMN}" = {hashed}')
     con.execute(
         f"CREATE TABLE {physical(BUS)} (stop_id VARCHAR, stop_name VARCHAR, line_id VARCHAR, day DATE, hour INTEGER, "
         "boardings INTEGER, alightings INTEGER)"
