@@ -13,6 +13,8 @@ from contracts.identifiers import SubjectTokenError, validate_node_id, validate_
 
 __all__ = [
     "audit",
+    "consent_changed",
+    "purpose_token",
     "catalog_dataset_upserted",
     "catalog_dataset_withdrawn",
     "dead_letter",
@@ -97,3 +99,16 @@ def registry_apikey(action: str, key_id: str) -> str:
     if not isinstance(key_id, str) or _UUID_RE.fullmatch(key_id) is None:
         raise SubjectTokenError(f"API key id must be a lowercase UUID, got {key_id!r}")
     return f"registry.apikey.{action}.{key_id}"
+
+
+def purpose_token(iri: str) -> str:
+    """The subject token of a DPV purpose IRI: its concept, lower case (``https://w3id.org/dpv#ScientificResearch``
+    → ``scientificresearch``)."""
+    concept = iri.rsplit("#", 1)[-1].rsplit("/", 1)[-1].lower()
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,62}", concept):
+        raise SubjectTokenError(f"not a purpose IRI: {iri!r}")
+    return concept
+
+
+def consent_changed(siren: str, purpose_iri: str) -> str:
+    return f"consent.record.changed.{validate_siren(siren)}.{purpose_token(purpose_iri)}"

@@ -3,6 +3,7 @@
 from contracts.events.audit import AuditRecordedV1
 from contracts.events.base import CLOUD_TYPE_PREFIX, Event, event_class, event_classes, register
 from contracts.events.catalog import DatasetUpsertedV1, DatasetWithdrawnV1
+from contracts.events.consent import ConsentChangedV1
 from contracts.events.registry import (
     AgreementTransitionedV1,
     ApiKeyCreatedV1,
@@ -22,6 +23,7 @@ __all__ = [
     "ApiKeyRevokedV1",
     "ApiKeyRotatedV1",
     "CLOUD_TYPE_PREFIX",
+    "ConsentChangedV1",
     "DatasetUpsertedV1",
     "DatasetWithdrawnV1",
     "Event",

@@ -19,6 +19,7 @@ from contracts.datasets import TableSchema
 from contracts.requests import QueryRequestV1
 from exchange.api import negotiate_result, router
 from exchange.config import ExchangeSettings
+from exchange.consent import ConsentSets
 from exchange.query import QueryEngine, render
 from exchange.sandbox import Limits, SandboxPool
 from exchange.storage import Storage
@@ -127,6 +128,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             ctx.key_verifier = RegistryKeyVerifier(
                 exchange_settings.registry_url, exchange_settings.registry_key.get_secret_value()
             )
+        consents = ConsentSets(exchange_settings.data_dir, ctx.database, exchange_settings.territories)
+        await asyncio.to_thread(consents.rebuild_all)
+        state["consents"] = consents
         engine = QueryEngine(
             database=ctx.database,
             storage=storage,
@@ -134,6 +138,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             grants=grants,
             source=ctx.source,
             max_rows=exchange_settings.max_result_rows,
+            consents=consents,
         )
         ingestor: StreamingIngestor | None = None
         if exchange_settings.territories:  # a node without territories has nothing to ingest
@@ -191,7 +196,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 database=ctx.database,  # type: ignore[arg-type]
                 messaging=ctx.messaging,
                 durable=f"exchange-{exchange_settings.node_id}-datasets",
-            )
+            ),
+            state["consents"].consumer(ctx.messaging, durable=f"exchange-{exchange_settings.node_id}-consent"),
         ],
         on_startup=on_startup,
         on_shutdown=on_shutdown,

@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +22,9 @@ from opentelemetry import metrics, trace
 
 from contracts.datasets import AccessLevel, DatasetMetadata
 from contracts.grants import Grant
+from contracts.vocabularies import LegalBasis
 from exchange import audit, quotas
+from exchange.consent import ConsentSets, consent_filter
 from exchange.policy import DatasetInfo, Permission, Plan, PolicyError, plan
 from exchange.policy.scans import SUBJECT_HASH_VERSION
 from exchange.sandbox import Attachment, SandboxError, SandboxPool
@@ -76,7 +78,9 @@ class QueryEngine:
         grants: GrantCache,
         source: str,
         max_rows: int,
+        consents: ConsentSets | None = None,
     ) -> None:
+        self.consents = consents
         self.database = database
         self.storage = storage
         self.sandbox = sandbox
@@ -143,6 +147,35 @@ class QueryEngine:
             attachments[slug] = Attachment(alias=alias, path=current.duckdb_path, version=str(current.version))
         return infos, attachments
 
+    def _consent_filters(
+        self,
+        siren: str,
+        chosen: dict[str, Grant],
+        infos: dict[str, DatasetInfo],
+        permissions: dict[str, Permission],
+    ) -> dict[str, Attachment]:
+        """Restrict datasets read under a consent-based grant to the subjects whose consent for its purpose is
+        active (exchange.consent); the consent snapshots to attach, by dataset."""
+        attachments: dict[str, Attachment] = {}
+        for slug, grant in chosen.items():
+            if grant.terms.legal_basis is not LegalBasis.CONSENT or slug not in infos:
+                continue
+            purpose = grant.terms.consent_purpose
+            if not infos[slug].has_subject_hash or purpose is None:
+                # Without the keyed subject hash, rows cannot be matched with consent events: compute on nothing.
+                raise PolicyRefusal(
+                    f"dataset {slug} was ingested before consent could apply to it; the territory must re-ingest it",
+                    code="policy.consent_unavailable",
+                    status_code=409,
+                )
+            snapshot = self.consents.attachment(siren, purpose) if self.consents is not None else None
+            permissions[slug] = replace(
+                permissions[slug], consent_filter=consent_filter(snapshot.alias if snapshot else None)
+            )
+            if snapshot is not None:
+                attachments[slug] = snapshot
+        return attachments
+
     async def run(self, principal: Principal, siren: str, sql: str, agreement_id: str | None) -> QueryResult:
         """Run a query for ``principal`` on territory ``siren``; every outcome is audited."""
         started = time.perf_counter()
@@ -153,6 +186,7 @@ class QueryEngine:
                 published = await asyncio.to_thread(self._published, siren)
                 permissions, chosen = self._permissions(principal, siren, published, agreement_id)
                 infos, attachments = self._datasets(siren, published)
+                consented = self._consent_filters(siren, chosen, infos, permissions)
                 checked: Plan = plan(
                     sql,
                     datasets={slug: infos[slug] for slug in permissions if slug in infos},
@@ -162,7 +196,9 @@ class QueryEngine:
                 used = [chosen[slug] for slug in checked.datasets if slug in chosen]
                 for grant in used:
                     await asyncio.to_thread(self._check_quota, grant)
-                result = await self.sandbox.execute(checked.sql, [attachments[slug] for slug in checked.datasets])
+                needed = [attachments[slug] for slug in checked.datasets]
+                needed.extend(consented[slug] for slug in checked.datasets if slug in consented)
+                result = await self.sandbox.execute(checked.sql, needed)
                 table, suppressed = _suppress(result.table, checked)
             except (PolicyError, SandboxError, MaillageError) as exc:
                 code = getattr(exc, "code", "policy.refused")

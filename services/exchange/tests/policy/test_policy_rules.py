@@ -16,6 +16,7 @@ import pytest
 
 from contracts.terms import Terms
 from exchange.policy import CODES, K_COLUMN, MAX_SQL_LENGTH, Permission, PolicyError
+from kit.pseudonyms import pseudonym, pseudonym64, territory_key
 
 WATER, BUS, LEAKS, BIKES = "consommation-eau-menages", "frequentation-bus", "fuites-reseau-eau", "comptages-velo"
 K = 5
@@ -767,12 +768,16 @@ def test_subjects_are_counted_by_hash_only_when_every_subject_keyed_dataset_has_
     assert "__maillage_sh" not in plan(sql, datasets=mixed, permissions=world.permissions).sql
 
 
+# The key the policy tests' tables are hashed with (conftest.create_tables).
+TEST_KEY = territory_key("test pseudonym secret, not a real one", "242100410")
+
+
 def _same_bucket_meters(count: int, bucket: int) -> list[str]:
     found = []
     index = 0
     while len(found) < count:
         meter = f"M-{index}"
-        if int(hashlib.md5(meter.encode()).hexdigest()[:16], 16) % 64 == bucket:
+        if pseudonym64(pseudonym(TEST_KEY, meter)) % 64 == bucket:
             found.append(meter)
         index += 1
     return found

@@ -1,0 +1,377 @@
+"""HTTP API of consent: notices, records (give, refuse, renew, withdraw), subjects' state, keys and receipts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import Session, col, select
+
+from consent import records
+from consent.models import ConsentEvent, ConsentRecord, Notice
+from consent.receipts import InvalidReceipt, ReceiptSigner, verify
+from consent.records import ConsentIn, NoticeIn, NoticeRef, Outcome
+from kit.auth import Principal, Role
+from kit.db import as_utc
+from kit.errors import Conflict, Forbidden, NotFound, Unprocessable
+from kit.pseudonyms import pseudonym, territory_key
+from kit.service import CallerPrincipal, ContextDep, SessionDep, TerritoryPath
+
+__all__ = ["router", "signer_for"]
+
+router = APIRouter(prefix="/v1/territories/{siren}/consent", tags=["consent"])
+
+RecordId = Annotated[str, Path(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+Pseudonym = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
+_WRITERS = (Role.STEWARD, Role.DPO, Role.ADMIN)
+
+
+def signer_for(request: Request, territory: str) -> ReceiptSigner:
+    settings = request.app.state.ctx.settings
+    return ReceiptSigner.derive(settings.secret_key.get_secret_value(), territory)
+
+
+def _pseudonym(request: Request, territory: str, identifier: str) -> str:
+    settings = request.app.state.ctx.settings
+    return pseudonym(territory_key(settings.pseudonym_secret.get_secret_value(), territory), identifier.strip())
+
+
+def _require(principal: Principal, territory: str) -> None:
+    if not any(principal.has_role(territory, role) for role in _WRITERS):
+        raise Forbidden("consent records are kept by the territory's steward, DPO or admin", code="auth.forbidden")
+
+
+class NoticeOut(BaseModel):
+    notice_id: str
+    version: int
+    language: str
+    title: str
+    url: str | None
+    sha256: str
+    purposes: list[str]
+    requires_renewal: bool
+    created_at: datetime
+    consents_expired: int = Field(default=0, description="consents under earlier versions that now need renewal")
+
+
+class EventOut(BaseModel):
+    seq: int
+    event: str
+    at: datetime
+    valid_until: datetime | None
+    notice_version: int
+    reason: str | None
+    receipt_id: str
+
+
+class RecordOut(BaseModel):
+    record_id: str
+    territory: str
+    subject: str = Field(description="pseudonymous subject id (HMAC-SHA256 of the identifier)")
+    purpose: str
+    legal_basis: str
+    state: str
+    valid_until: datetime | None
+    notice: dict[str, Any]
+    processing: dict[str, Any]
+    seq: int
+    updated_at: datetime
+
+
+class ChangeOut(BaseModel):
+    changed: bool = Field(description="false when the request repeated the current state (nothing recorded)")
+    record: RecordOut
+    receipt: str = Field(description="compact JWS (EdDSA) of the change, verifiable with the territory's JWKS")
+
+
+class SubjectOut(BaseModel):
+    subject: str
+    purposes: dict[str, RecordOut] = Field(description="the current record per purpose")
+    history: dict[str, list[EventOut]] = Field(description="every event per record id")
+
+
+class SubjectLookup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject_identifier: str = Field(min_length=1, max_length=200)
+
+
+class WithdrawBySubject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject_identifier: str = Field(min_length=1, max_length=200)
+    purpose: str
+
+
+class RenewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    valid_until: datetime | None = None
+    notice: NoticeRef | None = None
+
+
+class VerifyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    receipt: str = Field(min_length=1, max_length=20_000)
+
+
+class VerifyOut(BaseModel):
+    valid: bool
+    payload: dict[str, Any]
+
+
+def _record_out(record: ConsentRecord) -> RecordOut:
+    return RecordOut(
+        record_id=record.id,
+        territory=record.territory,
+        subject=record.subject,
+        purpose=record.purpose,
+        legal_basis=record.legal_basis,
+        state=record.state,
+        valid_until=as_utc(record.valid_until) if record.valid_until else None,
+        notice={
+            "id": record.notice_id,
+            "version": record.notice_version,
+            "language": record.notice_language,
+            "sha256": record.notice_hash,
+        },
+        processing=record.processing,
+        seq=record.seq,
+        updated_at=as_utc(record.updated_at),
+    )
+
+
+def _change(outcome: Outcome, response: Response) -> ChangeOut:
+    response.status_code = 201 if outcome.changed and outcome.record.seq == 1 else 200
+    return ChangeOut(changed=outcome.changed, record=_record_out(outcome.record), receipt=outcome.receipt)
+
+
+def _notice_out(notice: Notice, expired: int = 0) -> NoticeOut:
+    return NoticeOut(
+        notice_id=notice.notice_id,
+        version=notice.version,
+        language=notice.language,
+        title=notice.title,
+        url=notice.url,
+        sha256=notice.content_hash,
+        purposes=notice.purposes,
+        requires_renewal=notice.requires_renewal,
+        created_at=as_utc(notice.created_at),
+        consents_expired=expired,
+    )
+
+
+def _record(session: Session, territory: str, record_id: str) -> ConsentRecord:
+    record = session.get(ConsentRecord, record_id)
+    if record is None or record.territory != territory:
+        raise NotFound("no such consent record here", code="consent.not_found")
+    return record
+
+
+def _subject_state(session: Session, territory: str, subject: str) -> SubjectOut:
+    found = session.exec(
+        select(ConsentRecord).where(ConsentRecord.territory == territory, ConsentRecord.subject == subject)
+    ).all()
+    if not found:
+        raise NotFound("no consent record for this subject here", code="consent.unknown_subject")
+    events = session.exec(
+        select(ConsentEvent)
+        .where(col(ConsentEvent.record_id).in_([r.id for r in found]))
+        .order_by(col(ConsentEvent.record_id), col(ConsentEvent.seq))
+    ).all()
+    history: dict[str, list[EventOut]] = {}
+    for event in events:
+        history.setdefault(event.record_id, []).append(
+            EventOut(
+                seq=event.seq,
+                event=event.kind,
+                at=as_utc(event.at),
+                valid_until=as_utc(event.valid_until) if event.valid_until else None,
+                notice_version=event.notice_version,
+                reason=event.reason,
+                receipt_id=event.receipt_id,
+            )
+        )
+    return SubjectOut(subject=subject, purposes={r.purpose: _record_out(r) for r in found}, history=history)
+
+
+@router.post("/notices", status_code=201)
+def publish_notice(
+    body: NoticeIn,
+    request: Request,
+    territory: TerritoryPath,
+    principal: CallerPrincipal,
+    session: SessionDep,
+    ctx: ContextDep,
+    response: Response,
+) -> NoticeOut:
+    """Publish a notice version (its text is hashed, not kept); republishing the same one is a no-op."""
+    _require(principal, territory)
+    notice, expired, created = records.publish_notice(
+        session, territory, body, actor=principal.subject, signer=signer_for(request, territory), source=ctx.source
+    )
+    if not created:
+        response.status_code = 200
+    return _notice_out(notice, expired)
+
+
+@router.get("/notices")
+def list_notices(territory: TerritoryPath, principal: CallerPrincipal, session: SessionDep) -> list[NoticeOut]:
+    """Every notice version of the territory."""
+    _require(principal, territory)
+    notices = session.exec(
+        select(Notice).where(Notice.territory == territory).order_by(col(Notice.notice_id), col(Notice.version))
+    ).all()
+    return [_notice_out(n) for n in notices]
+
+
+@router.post("/records", status_code=201, responses={200: {"description": "nothing changed (a repeated request)"}})
+def record_decision(
+    body: ConsentIn,
+    request: Request,
+    territory: TerritoryPath,
+    principal: CallerPrincipal,
+    session: SessionDep,
+    ctx: ContextDep,
+    response: Response,
+) -> ChangeOut:
+    """Record a citizen's decision for one purpose (given or refused) and return its signed receipt."""
+    _require(principal, territory)
+    subject = _pseudonym(request, territory, body.subject_identifier)
+    outcome = records.give(
+        session,
+        territory,
+        subject,
+        body,
+        actor=principal.subject,
+        signer=signer_for(request, territory),
+        source=ctx.source,
+    )
+    return _change(outcome, response)
+
+
+@router.get("/records/{record_id}")
+def get_record(
+    record_id: RecordId, territory: TerritoryPath, principal: CallerPrincipal, session: SessionDep
+) -> SubjectOut:
+    """One record and its history."""
+    _require(principal, territory)
+    record = _record(session, territory, record_id)
+    state = _subject_state(session, territory, record.subject)
+    return SubjectOut(
+        subject=record.subject,
+        purposes={record.purpose: state.purposes[record.purpose]},
+        history={record.id: state.history.get(record.id, [])},
+    )
+
+
+@router.post("/records/{record_id}/withdraw")
+def withdraw(
+    record_id: RecordId,
+    request: Request,
+    territory: TerritoryPath,
+    principal: CallerPrincipal,
+    session: SessionDep,
+    ctx: ContextDep,
+    response: Response,
+) -> ChangeOut:
+    """Withdraw a consent (a no-op when already withdrawn; 409 consent.not_active when it was never given)."""
+    _require(principal, territory)
+    record = _record(session, territory, record_id)
+    outcome = records.withdraw(
+        session, record, actor=principal.subject, signer=signer_for(request, territory), source=ctx.source
+    )
+    return _change(outcome, response)
+
+
+@router.post("/withdraw")
+def withdraw_by_subject(
+    body: WithdrawBySubject,
+    request: Request,
+    territory: TerritoryPath,
+    principal: CallerPrincipal,
+    session: SessionDep,
+    ctx: ContextDep,
+    response: Response,
+) -> ChangeOut:
+    """Withdraw by identifier and purpose, as easily as consent was given."""
+    _require(principal, territory)
+    subject = _pseudonym(request, territory, body.subject_identifier)
+    record = session.exec(
+        select(ConsentRecord).where(
+            ConsentRecord.territory == territory,
+            ConsentRecord.subject == subject,
+            ConsentRecord.purpose == body.purpose,
+        )
+    ).first()
+    if record is None:
+        raise Conflict("no consent was given for this purpose: nothing to withdraw", code="consent.not_active")
+    outcome = records.withdraw(
+        session, record, actor=principal.subject, signer=signer_for(request, territory), source=ctx.source
+    )
+    return _change(outcome, response)
+
+
+@router.post("/records/{record_id}/renew")
+def renew(
+    record_id: RecordId,
+    body: RenewIn,
+    request: Request,
+    territory: TerritoryPath,
+    principal: CallerPrincipal,
+    session: SessionDep,
+    ctx: ContextDep,
+    response: Response,
+) -> ChangeOut:
+    """Renew an active or expired consent (a new validity, optionally a newer notice version)."""
+    _require(principal, territory)
+    record = _record(session, territory, record_id)
+    outcome = records.renew(
+        session,
+        record,
+        body.valid_until,
+        body.notice,
+        actor=principal.subject,
+        signer=signer_for(request, territory),
+        source=ctx.source,
+    )
+    return _change(outcome, response)
+
+
+@router.post("/subjects/lookup")
+def lookup_subject(
+    body: SubjectLookup, request: Request, territory: TerritoryPath, principal: CallerPrincipal, session: SessionDep
+) -> SubjectOut:
+    """A subject's current state per purpose and its history, by identifier (sent in the body, never in a URL)."""
+    _require(principal, territory)
+    return _subject_state(session, territory, _pseudonym(request, territory, body.subject_identifier))
+
+
+@router.get("/subjects/{subject}")
+def get_subject(
+    subject: Pseudonym, territory: TerritoryPath, principal: CallerPrincipal, session: SessionDep
+) -> SubjectOut:
+    """A subject's current state per purpose and its history, by pseudonym."""
+    _require(principal, territory)
+    return _subject_state(session, territory, subject)
+
+
+@router.get("/keys")
+def keys(request: Request, territory: TerritoryPath) -> dict[str, list[dict[str, str]]]:
+    """The territory's receipt-signing public keys (JWKS): receipts verify offline with them."""
+    return {"keys": [signer_for(request, territory).jwk()]}
+
+
+@router.post("/receipts/verify")
+def verify_receipt(body: VerifyIn, request: Request, territory: TerritoryPath) -> VerifyOut:
+    """Check a receipt against the territory's keys: 422 ``receipt.<reason>`` when it does not verify."""
+    try:
+        payload = verify(body.receipt, {"keys": [signer_for(request, territory).jwk()]})
+    except InvalidReceipt as exc:
+        raise Unprocessable(exc.detail, code=exc.reason) from None
+    if payload.get("territory") != territory:
+        raise Unprocessable("the receipt is another territory's", code="receipt.other_territory")
+    return VerifyOut(valid=True, payload=payload)
