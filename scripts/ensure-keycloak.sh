@@ -79,7 +79,7 @@ if [[ ! -f $zip ]]; then
     log=$(mktemp)
     # -Dtransitive=false: only the zip, which is self-contained. Resolving its dependencies as well would download
     # hundreds of jars again, and fails for 26.7.x, whose POM names artifacts that are not on Maven Central.
-    if ! mvn -q -B -Dmaven.repo.local="$repo" dependency:get -Dtransitive=false -Dartifact="$artifact" >"$log" 2>&1; then
+    if ! mvn -q -B -Dstyle.color=never -Dmaven.repo.local="$repo" dependency:get -Dtransitive=false -Dartifact="$artifact" >"$log" 2>&1; then
         say "mvn dependency:get -Dartifact=$artifact failed:"
         cat "$log" >&2
         rm -f "$log"
@@ -118,11 +118,33 @@ if [[ ! -f $unpacked/bin/kc.sh ]]; then
 fi
 # Python's zipfile does not restore the executable bits.
 chmod +x "$unpacked"/bin/*.sh
-touch "$unpacked/.maillage-unpacked"
 
-# The finished tree is moved in whole, so $dest is either absent or complete. A $dest without the marker is left by
-# an older, interrupted unpack (or someone's hand): replace it.
+# A $dest without the marker is left by an interrupted run (or someone's hand): replace it.
 rm -rf "$dest"
 mv -T "$unpacked" "$dest"
+
+# Warm-up: the first `kc.sh start-dev` of a distribution re-augments it for the dev profile (about 20 s on 2 cores),
+# writing into $dest/lib/quarkus. Do it here, once and under the lock, so that test runs never augment, and two of
+# them never augment the same tree at once. kc.launch.mode=exit_before_bootstrap makes Keycloak stop right after it
+# has started (on a random port, with a throwaway home, so no data is left in $dest). KC_* variables of the caller
+# are dropped: they could persist other build options (database, features) than the harness's start-dev uses.
+say "building Keycloak $version for start-dev (once, about 30 s)..."
+home=$(mktemp -d "$cache/.keycloak-$version-warmup.XXXXXX")
+trap 'rm -rf "$tmp" "$home"' EXIT
+for dir in conf lib providers themes; do
+    ln -s "$dest/$dir" "$home/$dir"
+done
+unset_kc=()
+while IFS= read -r name; do
+    unset_kc+=(-u "$name")
+done < <(env | sed -n 's/^\(KC_[A-Za-z0-9_]*\)=.*/\1/p')
+if ! env "${unset_kc[@]}" JAVA_OPTS_KC_HEAP="-Xms64m -Xmx768m" \
+    timeout 600 "$kc_sh" "-Dkc.home.dir=$home" -Dkc.launch.mode=exit_before_bootstrap \
+    start-dev --http-host=127.0.0.1 --http-port=0 >"$home/warmup.log" 2>&1; then
+    say "the warm-up run of $kc_sh start-dev failed:"
+    tail -n 40 "$home/warmup.log" >&2
+    exit 1
+fi
+touch "$marker"
 say "Keycloak $version ready"
 echo "$kc_sh"

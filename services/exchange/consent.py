@@ -9,7 +9,8 @@ under a consent-based grant attaches the current snapshot and gets, in every sca
     "__maillage_sh" IN (SELECT s FROM consent_<purpose>.main.subjects
                         WHERE valid_until IS NULL OR valid_until > current_timestamp)
 
-so a withdrawal applies to the first query after the event is processed, and an expiry at its exact time even
+so a withdrawal applies to the first query after the event is processed (the snapshot is rewritten right after the
+event's transaction commits, before the event is acknowledged), and an expiry at its exact time even
 before the consent service's sweep. No snapshot yet (no consent ever given): the filter is FALSE.
 """
 
@@ -23,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa  # type: ignore[import-untyped]
 from sqlmodel import Field, Session, SQLModel, select
 
 from contracts import subjects as subject_names
@@ -30,7 +32,8 @@ from contracts.envelope import Envelope
 from contracts.events import ConsentChangedV1
 from exchange.sandbox import Attachment
 from kit.consumer import DurableConsumer
-from kit.db import Database, as_utc
+from kit.db import Database, as_utc, on_commit
+from kit.errors import ServiceUnavailable
 from kit.messaging import Messaging
 from kit.pseudonyms import pseudonym64
 
@@ -72,7 +75,8 @@ class ConsentSets:
         self.root = Path(root)
         self.database = database
         self.territories = set(territories)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._stale: set[tuple[str, str]] = set()  # changed in the database, snapshot not rewritten yet
         self.rebuilt = 0  # snapshots written (for tests and metrics)
 
     # -- the consumer -----------------------------------------------------------------------------------------
@@ -108,10 +112,12 @@ class ConsentSets:
         row.subject, row.active, row.seq = event.subject_pseudonym, event.active, event.seq
         row.valid_until = event.valid_until
         session.add(row)
-        session.flush()
-        # Written before the commit, from this transaction's state: a failure rolls the event back for redelivery
-        # (a snapshot left ahead of a failed commit is rewritten when the event comes again).
-        self.rebuild(event.territory, event.purpose, session)
+        # After the commit (the database's write lock is not held while the file is written), before the consumer
+        # acknowledges the event. A failed rebuild marks the pair stale: queries then rebuild or refuse.
+        pair = (event.territory, event.purpose)
+        with self._lock:
+            self._stale.add(pair)
+        on_commit(session, lambda: self._refresh(*pair))
 
     # -- snapshots --------------------------------------------------------------------------------------------
 
@@ -126,13 +132,16 @@ class ConsentSets:
             self.rebuild(territory, purpose)
         return len(pairs)
 
-    def rebuild(self, territory: str, purpose: str, session: Session | None = None) -> None:
-        """Write a new snapshot of (territory, purpose) and switch the pointer to it."""
+    def _refresh(self, territory: str, purpose: str) -> None:
+        try:
+            self.rebuild(territory, purpose)
+        except Exception:  # noqa: BLE001 - stays stale: the next query rebuilds it or refuses
+            log.exception("consent snapshot of %s could not be rewritten", territory)
+
+    def rebuild(self, territory: str, purpose: str) -> None:
+        """Write a new snapshot of (territory, purpose) from the database and switch the pointer to it."""
         with self._lock:
-            if session is None:
-                with self.database.session() as own:
-                    rows = self._active(own, territory, purpose)
-            else:
+            with self.database.session() as session:
                 rows = self._active(session, territory, purpose)
             directory = self.directory(territory, purpose)
             directory.mkdir(parents=True, exist_ok=True)
@@ -141,15 +150,18 @@ class ConsentSets:
             path = directory / f"v{number}.duckdb"
             tmp = directory / f".v{number}.tmp.duckdb"
             tmp.unlink(missing_ok=True)
+            table = pa.table(
+                {
+                    "s": pa.array([pseudonym64(s) for s, _ in rows], type=pa.uint64()),
+                    "valid_until": pa.array(
+                        [as_utc(v) if v is not None else None for _, v in rows], type=pa.timestamp("us", tz="UTC")
+                    ),
+                }
+            )
             con = duckdb.connect(str(tmp))
             try:
-                con.execute("CREATE TABLE subjects (s UBIGINT, valid_until TIMESTAMPTZ)")
-                if rows:
-                    con.executemany(
-                        "INSERT INTO subjects VALUES (?, ?)",
-                        [(pseudonym64(s), as_utc(v) if v is not None else None) for s, v in rows],
-                    )
-                con.execute("CHECKPOINT")
+                con.register("snapshot", table)
+                con.execute("CREATE TABLE subjects AS SELECT s, valid_until FROM snapshot")
             finally:
                 con.close()
             os.replace(tmp, path)
@@ -157,6 +169,7 @@ class ConsentSets:
             pointer.write_text(json.dumps({"version": number, "subjects": len(rows)}))
             os.replace(pointer, directory / POINTER)
             self.rebuilt += 1
+            self._stale.discard((territory, purpose))
             for old in directory.glob("v*.duckdb"):
                 stem = old.stem[1:]
                 if stem.isdigit() and int(stem) <= number - KEEP:
@@ -174,7 +187,18 @@ class ConsentSets:
         return [(subject, valid_until) for subject, valid_until in found]
 
     def attachment(self, territory: str, purpose: str) -> Attachment | None:
-        """The current snapshot of (territory, purpose) to attach to a query, or None when there is none."""
+        """The current snapshot of (territory, purpose) to attach to a query, or None when there is none.
+
+        A snapshot behind the database (its rewrite failed) is rewritten first; if that fails too, the query is
+        refused rather than computed on a withdrawn subject."""
+        if (territory, purpose) in self._stale:
+            try:
+                self.rebuild(territory, purpose)
+            except Exception as exc:
+                raise ServiceUnavailable(
+                    "the consented subjects cannot be brought up to date right now; refusing (fail closed)",
+                    code="policy.consent_stale",
+                ) from exc
         directory = self.directory(territory, purpose)
         number = self._pointer(directory)
         if number is None:

@@ -19,6 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from catalog.seeds import SeedTerritory, demo_published
+from consent.app import create_app as create_consent
+from consent.config import ConsentSettings
 from contracts.envelope import Envelope
 from contracts.events import DatasetUpsertedV1
 from exchange.app import create_app as create_exchange
@@ -71,6 +73,7 @@ def water_csv(rng: random.Random) -> bytes:
 class Federation:
     registry: TestClient
     exchange: TestClient
+    consent: TestClient
     keys: dict[str, str]
     nats: NatsServer
 
@@ -128,9 +131,19 @@ def federation(own_nats_server: NatsServer, tmp_path: Path) -> Iterator[Federati
             query_timeout_seconds=10.0,
         )
     )
-    with TestClient(registry) as reg, TestClient(exchange) as exc:
+    consent = create_consent(
+        service_settings(
+            ConsentSettings,
+            data_dir=tmp_path / "consent",
+            nats_url=own_nats_server.url,
+            keyring_file=keyring,
+            node_id="dijon",
+            territories=[DIJON],
+        )
+    )
+    with TestClient(registry) as reg, TestClient(exchange) as exc, TestClient(consent) as con:
         advertise(reg, exc)
-        fed = Federation(registry=reg, exchange=exc, keys=keys, nats=own_nats_server)
+        fed = Federation(registry=reg, exchange=exc, consent=con, keys=keys, nats=own_nats_server)
         reg.post(
             "/v1/organisations",
             json={"siret": PARTNER, "name": "Mobilab SAS", "contact_email": "contact@mobilab.example"},
@@ -292,3 +305,72 @@ def test_open_data_needs_no_agreement_and_downloads(federation: Federation):
     assert parquet.status_code == 200 and parquet.content[:4] == b"PAR1"
     closed = fed.exchange.get(f"/v1/territories/{DIJON}/datasets/consommation-eau-menages/data.csv")
     assert closed.status_code == 403 and closed.json()["error"] == "policy.not_open"
+
+
+def test_consent_based_agreement_computes_on_consented_subjects_only(federation: Federation):
+    """Grants resting on consent see only the subjects whose consent for the grant's purpose is active; a withdrawal
+    applies to the next query once the exchange has processed the event."""
+    fed = federation
+    research = "https://w3id.org/dpv#ScientificResearch"
+    upload = fed.exchange.post(
+        f"/v1/territories/{DIJON}/datasets/consommation-eau-menages/data?mode=replace",
+        content=water_csv(random.Random(5)),
+        headers=fed.auth("steward", **{"Content-Type": "text/csv"}),
+    )
+    assert upload.status_code == 201, upload.text
+    aid = activate(fed, legal_basis="A6-1-a", consent_purpose=research)
+    sql = 'SELECT commune_insee, count(*) AS n FROM "consommation-eau-menages" GROUP BY 1 ORDER BY 1'
+
+    def released() -> dict[str, int]:
+        response = query(fed, sql, aid, accept="application/json")
+        assert response.status_code == 200, response.text
+        return {row["commune_insee"]: row["n"] for row in response.json()}
+
+    assert released() == {}  # nobody has consented yet: nothing to compute on
+
+    base = f"/v1/territories/{DIJON}/consent"
+    notice = {
+        "notice_id": "releves-eau",
+        "version": 1,
+        "language": "fr",
+        "title": "Vos relevés d'eau pour la recherche",
+        "text": "Dijon Métropole partage vos relevés mensuels, agrégés, avec des équipes de recherche.",
+        "purposes": [research],
+    }
+    assert fed.consent.post(f"{base}/notices", json=notice, headers=fed.auth("steward")).status_code == 201
+
+    def decide(meter: str, choice: str = "given") -> dict:
+        body = {
+            "subject_identifier": meter,
+            "decision": choice,
+            "purpose": research,
+            "notice": {"id": "releves-eau", "version": 1, "language": "fr"},
+            "processing": {
+                "data_categories": ["consommation d'eau mensuelle"],
+                "controllers": [DIJON],
+                "recipients": [PARTNER],
+                "retention": "P1Y",
+                "storage_location": "FR",
+                "jurisdiction": "FR",
+                "withdrawal_method": "espace citoyen ou guichet",
+            },
+        }
+        response = fed.consent.post(f"{base}/records", json=body, headers=fed.auth("steward"))
+        assert response.status_code in (200, 201), response.text
+        return response.json()
+
+    # 12 meters of 21231 and 3 of 21166 consent; 2 of 21231 refuse.
+    records = {f"CPT-21231-{i:04d}": decide(f"CPT-21231-{i:04d}")["record"]["record_id"] for i in range(12)}
+    for i in range(3):
+        decide(f"CPT-21166-{i:04d}")
+    for i in (100, 101):
+        decide(f"CPT-21231-{i:04d}", "refused")
+    eventually(lambda: released() == {"21231": 12 * 12}, "the consented subjects on the exchange")
+
+    # One withdrawal: the next query after the event is processed counts 11 meters; two more put it below k.
+    meters = iter(records.values())
+    fed.consent.post(f"{base}/records/{next(meters)}/withdraw", headers=fed.auth("steward"))
+    eventually(lambda: released() == {"21231": 11 * 12}, "the withdrawal on the exchange")
+    for _ in range(2):
+        fed.consent.post(f"{base}/records/{next(meters)}/withdraw", headers=fed.auth("steward"))
+    eventually(lambda: released() == {}, "the group below k after more withdrawals")
