@@ -13,6 +13,7 @@ from contracts.identifiers import SubjectTokenError, validate_node_id, validate_
 
 __all__ = [
     "audit",
+    "audit_destroyed",
     "consent_changed",
     "purpose_token",
     "catalog_dataset_upserted",
@@ -20,6 +21,7 @@ __all__ = [
     "dead_letter",
     "exchange_ingest",
     "exchange_query",
+    "exchange_subject",
     "registry_agreement",
     "registry_apikey",
     "registry_node_registered",
@@ -76,8 +78,16 @@ def audit(siren: str) -> str:
     return f"audit.{validate_siren(siren)}"
 
 
+def audit_destroyed(siren: str, slug: str) -> str:
+    return f"audit.destroyed.{validate_siren(siren)}.{validate_slug(slug)}"
+
+
 def exchange_query(siren: str) -> str:
     return f"exchange.{validate_siren(siren)}.query"
+
+
+def exchange_subject(siren: str) -> str:
+    return f"exchange.{validate_siren(siren)}.subject"
 
 
 def exchange_ingest(siren: str, slug: str) -> str:

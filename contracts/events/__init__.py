@@ -1,6 +1,6 @@
 """Every event model of the federation. Importing this package registers them all."""
 
-from contracts.events.audit import AuditRecordedV1
+from contracts.events.audit import AuditRecordedV1, DataDestroyedV1
 from contracts.events.base import CLOUD_TYPE_PREFIX, Event, event_class, event_classes, register
 from contracts.events.catalog import DatasetUpsertedV1, DatasetWithdrawnV1
 from contracts.events.consent import ConsentChangedV1
@@ -23,6 +23,7 @@ __all__ = [
     "ApiKeyRevokedV1",
     "ApiKeyRotatedV1",
     "CLOUD_TYPE_PREFIX",
+    "DataDestroyedV1",
     "ConsentChangedV1",
     "DatasetUpsertedV1",
     "DatasetWithdrawnV1",

@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
 from consent import records
-from consent.models import ConsentEvent, ConsentRecord, Notice
+from consent.models import ConsentEvent, ConsentRecord, Notice, SubjectRequest
 from consent.receipts import InvalidReceipt, ReceiptSigner, verify
 from consent.records import ConsentIn, NoticeIn, NoticeRef, Outcome
+from consent.subject_requests import Exchange, RequestFailed, due_date, run_request
+from contracts.requests import SubjectRequestV1
 from kit.auth import Principal, Role
-from kit.db import as_utc
-from kit.errors import Conflict, Forbidden, NotFound, Unprocessable
+from kit.db import as_utc, utcnow
+from kit.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from kit.pseudonyms import pseudonym, territory_key
-from kit.service import CallerPrincipal, ContextDep, SessionDep, TerritoryPath
+from kit.service import CallerPrincipal, ContextDep, ServiceContext, SessionDep, TerritoryPath
 
 __all__ = ["router", "signer_for"]
 
 router = APIRouter(prefix="/v1/territories/{siren}/consent", tags=["consent"])
 
-RecordId = Annotated[str, Path(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
-Pseudonym = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
+RecordId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+Pseudonym = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$")]
 _WRITERS = (Role.STEWARD, Role.DPO, Role.ADMIN)
 
 
@@ -375,3 +380,180 @@ def verify_receipt(body: VerifyIn, request: Request, territory: TerritoryPath) -
     if payload.get("territory") != territory:
         raise Unprocessable("the receipt is another territory's", code="receipt.other_territory")
     return VerifyOut(valid=True, payload=payload)
+
+
+# -- data-subject requests ----------------------------------------------------------------------------------------
+
+RequestId = RecordId
+
+
+class SubjectRequestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["access", "erasure"]
+    subject_identifier: str = Field(min_length=1, max_length=200)
+
+
+class SubjectRequestOut(BaseModel):
+    request_id: str
+    kind: str
+    status: str = Field(description="received, pending (the exchange could not be reached: run it again), completed")
+    received_at: datetime
+    due_at: datetime = Field(description="one month after reception")
+    overdue: bool
+    completed_at: datetime | None
+    detail: dict[str, Any]
+    file: str | None = Field(default=None, description="access: where to download the subject's file")
+
+
+def _request_out(row: SubjectRequest, request: Request) -> SubjectRequestOut:
+    done = row.completed_at is not None
+    has_file = row.kind == "access" and done and (_files(request) / f"{row.id}.json").exists()
+    return SubjectRequestOut(
+        request_id=row.id,
+        kind=row.kind,
+        status=row.status,
+        received_at=as_utc(row.received_at),
+        due_at=as_utc(row.due_at),
+        overdue=not done and as_utc(row.due_at) < utcnow(),
+        completed_at=as_utc(row.completed_at) if row.completed_at else None,
+        detail=row.detail,
+        file=f"/v1/territories/{row.territory}/consent/subject-requests/{row.id}/file" if has_file else None,
+    )
+
+
+def _files(request: Request) -> Path:
+    return Path(request.app.state.ctx.settings.data_dir) / "subject-requests"
+
+
+def _exchange(request: Request, ctx: ServiceContext) -> Exchange:
+    return Exchange(ctx.messaging, request.headers.get("authorization", ""))
+
+
+def _subject_request(session: Session, territory: str, request_id: str) -> SubjectRequest:
+    row = session.get(SubjectRequest, request_id)
+    if row is None or row.territory != territory:
+        raise NotFound("no such data-subject request here", code="subject_request.not_found")
+    return row
+
+
+@router.post("/subject-requests", status_code=201, tags=["data-subject requests"])
+async def create_subject_request(
+    body: SubjectRequestIn, request: Request, territory: TerritoryPath, principal: CallerPrincipal, ctx: ContextDep
+) -> SubjectRequestOut:
+    """Receive and run an access or erasure request (404 ``consent.unknown_subject`` when nothing is held)."""
+    _require(principal, territory)
+    assert ctx.database is not None
+    subject = _pseudonym(request, territory, body.subject_identifier)
+    exchange = _exchange(request, ctx)
+    with ctx.database.session() as session:
+        known = session.exec(
+            select(ConsentRecord.id).where(ConsentRecord.territory == territory, ConsentRecord.subject == subject)
+        ).first()
+        open_request = session.exec(
+            select(SubjectRequest).where(
+                SubjectRequest.territory == territory,
+                SubjectRequest.subject == subject,
+                SubjectRequest.kind == body.kind,
+                SubjectRequest.status != "completed",
+            )
+        ).first()
+    if open_request is None:
+        if known is None:
+            probe = SubjectRequestV1(request_id="probe", kind="access", subject_pseudonym=subject)
+            try:
+                held = (await exchange.ask(territory, probe)).get("datasets", {})
+            except RequestFailed as exc:
+                raise ServiceUnavailable(str(exc), code="subject_request.exchange_unavailable") from None
+            if not held:
+                raise NotFound("nothing is held about this subject here", code="consent.unknown_subject")
+        received = utcnow()
+        open_request = SubjectRequest(
+            territory=territory,
+            subject=subject,
+            kind=body.kind,
+            status="received",
+            due_at=due_date(received),
+            received_at=received,
+        )
+        with ctx.database.unit_of_work() as session:
+            session.add(open_request)
+    row = await run_request(
+        ctx.database,
+        exchange,
+        open_request.id,
+        files=_files(request),
+        signer=signer_for(request, territory),
+        actor=principal.subject,
+        source=ctx.source,
+    )
+    return _request_out(row, request)
+
+
+@router.post("/subject-requests/{request_id}/run", tags=["data-subject requests"])
+async def rerun_subject_request(
+    request_id: RequestId, request: Request, territory: TerritoryPath, principal: CallerPrincipal, ctx: ContextDep
+) -> SubjectRequestOut:
+    """Run a pending request again (a completed one is returned as it is)."""
+    _require(principal, territory)
+    assert ctx.database is not None
+    with ctx.database.session() as session:
+        row = _subject_request(session, territory, request_id)
+    if row.status != "completed":
+        row = await run_request(
+            ctx.database,
+            _exchange(request, ctx),
+            row.id,
+            files=_files(request),
+            signer=signer_for(request, territory),
+            actor=principal.subject,
+            source=ctx.source,
+        )
+    return _request_out(row, request)
+
+
+@router.get("/subject-requests", tags=["data-subject requests"])
+def list_subject_requests(
+    request: Request, territory: TerritoryPath, principal: CallerPrincipal, session: SessionDep
+) -> list[SubjectRequestOut]:
+    """Every request of the territory, the oldest first, with its deadline."""
+    _require(principal, territory)
+    rows = session.exec(
+        select(SubjectRequest).where(SubjectRequest.territory == territory).order_by(col(SubjectRequest.received_at))
+    ).all()
+    return [_request_out(r, request) for r in rows]
+
+
+@router.get("/subject-requests/{request_id}", tags=["data-subject requests"])
+def get_subject_request(
+    request_id: RequestId, request: Request, territory: TerritoryPath, principal: CallerPrincipal, session: SessionDep
+) -> SubjectRequestOut:
+    _require(principal, territory)
+    return _request_out(_subject_request(session, territory, request_id), request)
+
+
+@router.get("/subject-requests/{request_id}/file", response_class=FileResponse, tags=["data-subject requests"])
+def download_access_file(
+    request_id: RequestId, request: Request, territory: TerritoryPath, principal: CallerPrincipal, session: SessionDep
+) -> FileResponse:
+    """The access file (JSON): every row about the subject and its consent records."""
+    _require(principal, territory)
+    row = _subject_request(session, territory, request_id)
+    path = _files(request) / f"{row.id}.json"
+    if row.kind != "access" or not path.exists():
+        raise NotFound(
+            "this request has no file (not an access request, not completed, or deleted)",
+            code="subject_request.no_file",
+        )
+    return FileResponse(path, media_type="application/json", filename=f"acces-{row.id}.json")
+
+
+@router.delete("/subject-requests/{request_id}/file", status_code=204, tags=["data-subject requests"])
+def delete_access_file(
+    request_id: RequestId, request: Request, territory: TerritoryPath, principal: CallerPrincipal, session: SessionDep
+) -> Response:
+    """Delete the access file once handed over (it is deleted 30 days after anyway)."""
+    _require(principal, territory)
+    row = _subject_request(session, territory, request_id)
+    (_files(request) / f"{row.id}.json").unlink(missing_ok=True)
+    return Response(status_code=204)

@@ -11,6 +11,7 @@ from consent import records
 from consent.api import router
 from consent.config import ConsentSettings
 from consent.receipts import ReceiptSigner
+from consent.subject_requests import purge_access_files
 from kit.db import utcnow
 from kit.service import ServiceContext, create_service_app
 from kit.settings import ServiceSettings
@@ -30,11 +31,15 @@ def expire_once(ctx: ServiceContext) -> int:
 
 
 async def _expiry_loop(ctx: ServiceContext, interval: float) -> None:
+    files = ctx.settings.data_dir / "subject-requests"
     while True:
         try:
             count = await asyncio.to_thread(expire_once, ctx)
             if count:
                 log.info("%d consent(s) expired", count)
+            removed = await asyncio.to_thread(purge_access_files, files)
+            if removed:
+                log.info("%d access file(s) older than 30 days deleted", removed)
         except Exception as exc:  # noqa: BLE001 - try again at the next period
             log.warning("consent expiry failed: %s", exc)
         await asyncio.sleep(interval)

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from contracts.datasets import AccessLevel, DatasetMetadata
@@ -19,6 +19,7 @@ from exchange.audit import AuditRecord, ChainReport, verify_chain
 from exchange.config import ExchangeSettings
 from exchange.ingest import IngestReport, ingest
 from exchange.query import MEDIA_ARROW, MEDIA_CSV, MEDIA_JSON, QueryEngine, render
+from exchange.rights import purge_dataset
 from exchange.storage import DatasetVersion, Storage, export_csv
 from kit.advertisements import published_metadata
 from kit.auth import Principal, Role
@@ -234,6 +235,49 @@ class AuditOut(BaseModel):
     duration_ms: float
     prev_hash: str
     hash: str
+
+
+class PurgeReport(BaseModel):
+    dataset: str
+    retention: dict[str, str] | None
+    cutoff: str | None = None
+    dry_run: bool
+    rows_before: int = 0
+    rows_expired: int = Field(description="rows past the retention period (removed, unless a dry run)")
+    version: int | None = Field(default=None, description="the new version without them")
+    destroyed_versions: list[int] = Field(default_factory=list)
+    audit_id: str | None = None
+
+
+@router.post("/datasets/{slug}/retention/purge", response_model=PurgeReport, tags=["lifecycle"])
+async def purge(
+    territory: Territory,
+    slug: Slug,
+    session: SessionDep,
+    principal: CallerPrincipal,
+    store: StorageDep,
+    ctx: ContextDep,
+    dry_run: Annotated[bool, Query(description="report what would go, remove nothing")] = False,
+) -> PurgeReport:
+    """Purge the rows past the dataset's retention period now (the exchange also does it on a schedule)."""
+    if not (principal.has_role(territory, Role.STEWARD) or principal.has_role(territory, Role.DPO)):
+        raise Forbidden("purges are run by the territory's steward or DPO", code="auth.forbidden")
+    metadata = _metadata(session, territory, slug)
+    if metadata.retention is None:
+        raise Unprocessable(f"dataset {slug} declares no retention period", code="dataset.no_retention")
+    assert ctx.database is not None
+    report = await run_in_threadpool(
+        purge_dataset,
+        ctx.database,
+        store,
+        territory,
+        slug,
+        metadata,
+        principal=principal.subject,
+        source=ctx.source,
+        dry_run=dry_run,
+    )
+    return PurgeReport.model_validate(report)
 
 
 @router.get("/audit", response_model=list[AuditOut], tags=["audit"])

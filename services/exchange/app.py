@@ -16,11 +16,12 @@ from pydantic import ValidationError
 
 from contracts import subjects
 from contracts.datasets import TableSchema
-from contracts.requests import QueryRequestV1
+from contracts.requests import QueryRequestV1, SubjectRequestV1
 from exchange.api import negotiate_result, router
 from exchange.config import ExchangeSettings
 from exchange.consent import ConsentSets
 from exchange.query import QueryEngine, render
+from exchange.rights import purge_territory, subject_request
 from exchange.sandbox import Limits, SandboxPool
 from exchange.storage import Storage
 from exchange.streaming import StreamingIngestor
@@ -96,6 +97,47 @@ def _responder(ctx: ServiceContext, engine: QueryEngine, siren: str) -> Callable
     return handle
 
 
+def _subject_responder(ctx: ServiceContext, storage: Storage, siren: str) -> Callable[[Msg], Awaitable[None]]:
+    """The NATS handler of ``exchange.<siren>.subject``: data-subject requests from the consent service."""
+
+    async def handle(msg: Msg) -> None:
+        headers = msg.headers or {}
+        with tracer.start_as_current_span("exchange.subject_request.nats", context=extract_context(headers)):
+            try:
+                request = SubjectRequestV1.model_validate_json(msg.data)
+                principal = await _nats_caller(ctx, msg)
+                assert ctx.database is not None
+                answer = await asyncio.to_thread(
+                    subject_request, ctx.database, storage, siren, principal, request, ctx.source
+                )
+                body, status = json.dumps(answer, default=str).encode(), "200"
+            except ValidationError:
+                body = json.dumps({"error": "request.invalid", "detail": "the body is not a SubjectRequestV1"}).encode()
+                status = "422"
+            except MaillageError as exc:
+                body, status = json.dumps(exc.body()).encode(), str(exc.status_code)
+            except Exception:  # noqa: BLE001 - a responder must always answer
+                log.exception("data-subject request over NATS failed")
+                body, status = json.dumps({"error": "internal", "detail": "internal error"}).encode(), "500"
+            if msg.reply and ctx.messaging.nc is not None:
+                await ctx.messaging.nc.publish(
+                    msg.reply, body, headers={"Maillage-Status": status, "Content-Type": "application/json"}
+                )
+
+    return handle
+
+
+async def _retention_loop(ctx: ServiceContext, storage: Storage, territories: list[str], interval: float) -> None:
+    while True:
+        for siren in territories:
+            try:
+                assert ctx.database is not None
+                await asyncio.to_thread(purge_territory, ctx.database, storage, siren, source=ctx.source)
+            except Exception as exc:  # noqa: BLE001 - try again at the next period
+                log.warning("retention purge of %s failed: %s", siren, exc)
+        await asyncio.sleep(interval)
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """Build the exchange app (settings from the environment by default)."""
     exchange_settings = settings if isinstance(settings, ExchangeSettings) else ExchangeSettings()
@@ -151,7 +193,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             )
             await ingestor.start()
         app.state.storage, app.state.engine = storage, engine
-        state.update(sandbox=sandbox, grants=grants, ingestor=ingestor, subscriptions=[])
+        retention = asyncio.create_task(
+            _retention_loop(ctx, storage, exchange_settings.territories, exchange_settings.retention_interval_seconds),
+            name="retention",
+        )
+        state.update(sandbox=sandbox, grants=grants, ingestor=ingestor, subscriptions=[], retention=retention)
 
         async def subscribe() -> None:
             for subscription in state["subscriptions"]:
@@ -167,6 +213,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                         subjects.exchange_query(siren), queue=f"exchange-{siren}", cb=_responder(ctx, engine, siren)
                     )
                 )
+                state["subscriptions"].append(
+                    await ctx.messaging.nc.subscribe(
+                        subjects.exchange_subject(siren),
+                        queue=f"exchange-{siren}",
+                        cb=_subject_responder(ctx, storage, siren),
+                    )
+                )
 
         if ctx.messaging.connected:
             await subscribe()
@@ -174,6 +227,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             ctx.messaging.on_ready(subscribe)
 
     async def on_shutdown(ctx: ServiceContext) -> None:
+        if "retention" in state:
+            state["retention"].cancel()
         if "grants" in state:
             if state["ingestor"] is not None:
                 await state["ingestor"].stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from sqlglot import exp
 from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel, col, select
 
-from contracts.events import AuditRecordedV1
+from contracts.events import AuditRecordedV1, Event
 from kit.db import Database
 from kit.outbox import enqueue
 
@@ -139,8 +140,11 @@ def append(
     suppressed_groups: int = 0,
     duration_ms: float = 0.0,
     source: str,
+    also: Callable[[AuditRecord], Event] | None = None,
 ) -> AuditRecord:
-    """Append one record to the territory's chain (and publish it through the outbox), retrying on a race."""
+    """Append one record to the territory's chain (and publish it through the outbox), retrying on a race.
+
+    ``also`` builds another event from the record, published in the same transaction (a destruction event)."""
     sql_masked, sql_hash = mask_literals(sql)
     for _ in range(20):
         try:
@@ -172,6 +176,8 @@ def append(
                 payload = record.model_dump()
                 payload["datasets"] = datasets
                 enqueue(session, AuditRecordedV1.model_validate(payload), source=source)
+                if also is not None:
+                    enqueue(session, also(record), source=source)
             return record
         except IntegrityError:
             continue  # another query took this sequence number: chain after it

@@ -23,4 +23,7 @@ class ExchangeSettings(ServiceSettings):
     max_result_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_result_rows: int = Field(default=1_000_000, ge=1)
     max_upload_bytes: int = Field(default=4 * 1024 * 1024 * 1024, ge=1024)
+    retention_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="how often rows past their datasets' retention period are purged"
+    )
     grants_staleness_seconds: float = Field(default=90.0, gt=0, description="grants not confirmed since: refused")

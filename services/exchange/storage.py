@@ -243,7 +243,7 @@ class Storage:
 
     def versions(self, siren: str, slug: str) -> list[int]:
         """Numbers of the version directories present on disk (committed or orphaned), ascending."""
-        return sorted(_version_numbers(self.dataset_dir(siren, slug)))
+        return sorted(version_numbers(self.dataset_dir(siren, slug)))
 
     def list_territories(self) -> list[str]:
         """SIRENs that have a directory here."""
@@ -338,9 +338,9 @@ class Storage:
         if current is None:
             return []
         directory = self.dataset_dir(siren, slug)
-        kept = sorted(n for n in _version_numbers(directory) if n <= current.version)[-keep:]
+        kept = sorted(n for n in version_numbers(directory) if n <= current.version)[-keep:]
         removed = []
-        for number in _version_numbers(directory):
+        for number in version_numbers(directory):
             if number < current.version and number not in kept:
                 path = directory / f"v{number}"
                 shutil.rmtree(path, ignore_errors=True)
@@ -369,7 +369,7 @@ class VersionWriter:
         self.staging = staging
         self.previous = previous
         # Orphans were removed before: a number is reused only when no reader could ever have seen it.
-        self.version = max([previous.version if previous else 0, *_version_numbers(directory)]) + 1
+        self.version = max([previous.version if previous else 0, *version_numbers(directory)]) + 1
         self.committed: DatasetVersion | None = None
         self.subject_hash: str | None = None  # set by whoever writes the hidden subject hash column
         self.subject_rows_max: int | None = None  # and the most rows one hash value holds
@@ -455,7 +455,7 @@ def _is_slug(name: str) -> bool:
     return True
 
 
-def _version_numbers(directory: Path) -> set[int]:
+def version_numbers(directory: Path) -> set[int]:
     if not directory.is_dir():
         return set()
     numbers = set()
@@ -476,7 +476,7 @@ def _remove_leftovers(directory: Path, current: int) -> list[Path]:
             else:
                 entry.unlink(missing_ok=True)
             removed.append(entry)
-    for number in _version_numbers(directory):
+    for number in version_numbers(directory):
         if number > current:
             # Renamed but the pointer never replaced: no reader ever saw it.
             shutil.rmtree(directory / f"v{number}", ignore_errors=True)

@@ -17,18 +17,20 @@ from pathlib import Path
 import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import select
 
 from catalog.seeds import SeedTerritory, demo_published
 from consent.app import create_app as create_consent
 from consent.config import ConsentSettings
 from contracts.envelope import Envelope
-from contracts.events import DatasetUpsertedV1
+from contracts.events import DataDestroyedV1, DatasetUpsertedV1
 from exchange.app import create_app as create_exchange
 from exchange.config import ExchangeSettings
 from kit.advertisements import apply_advertisement
 from kit.auth import AuthMethod, Principal, Role
 from kit.messaging import Messaging
 from kit.nats_server import NatsServer
+from kit.outbox import OutboxEvent
 from kit.testing.factories import bootstrap_key, operator_principal, service_settings
 from registry.app import create_app as create_registry
 from registry.config import RegistrySettings
@@ -374,3 +376,108 @@ def test_consent_based_agreement_computes_on_consented_subjects_only(federation:
     for _ in range(2):
         fed.consent.post(f"{base}/records/{next(meters)}/withdraw", headers=fed.auth("steward"))
     eventually(lambda: released() == {}, "the group below k after more withdrawals")
+
+
+def test_data_subject_access_and_erasure_then_retention(federation: Federation):
+    """A DPO asks for a subject's data (rows from the exchange + consent records in one file), then its erasure (rows
+    deleted on the exchange with earlier versions destroyed, consent records anonymised, both audited); rows past
+    the retention period are purged, after a dry run."""
+    fed = federation
+    research = "https://w3id.org/dpv#ScientificResearch"
+    rows = water_csv(random.Random(9)).decode().splitlines()
+    old_rows = ["CPT-21231-0001,21231,2018-01-01,5.5,2", "CPT-21231-0002,21231,2019-06-01,4.0,3"]
+    upload = fed.exchange.post(
+        f"/v1/territories/{DIJON}/datasets/consommation-eau-menages/data?mode=replace",
+        content=("\n".join(rows + old_rows) + "\n").encode(),
+        headers=fed.auth("steward", **{"Content-Type": "text/csv"}),
+    )
+    assert upload.status_code == 201, upload.text
+    base = f"/v1/territories/{DIJON}/consent"
+    notice = {
+        "notice_id": "releves-eau",
+        "version": 1,
+        "language": "fr",
+        "title": "Vos relevés d'eau pour la recherche",
+        "text": "Texte de la notice.",
+        "purposes": [research],
+    }
+    fed.consent.post(f"{base}/notices", json=notice, headers=fed.auth("dpo"))
+    meter = "CPT-21231-0007"
+    decision = {
+        "subject_identifier": meter,
+        "purpose": research,
+        "notice": {"id": "releves-eau", "version": 1, "language": "fr"},
+        "processing": {
+            "data_categories": ["consommation d'eau mensuelle"],
+            "controllers": [DIJON],
+            "recipients": [PARTNER],
+            "retention": "P1Y",
+            "storage_location": "FR",
+            "jurisdiction": "FR",
+            "withdrawal_method": "guichet",
+        },
+    }
+    assert fed.consent.post(f"{base}/records", json=decision, headers=fed.auth("dpo")).status_code == 201
+
+    # Access: every row about the meter and its consent records, in one file.
+    access = fed.consent.post(
+        f"{base}/subject-requests", json={"kind": "access", "subject_identifier": meter}, headers=fed.auth("dpo")
+    )
+    assert access.status_code == 201, access.text
+    assert access.json()["status"] == "completed" and access.json()["overdue"] is False
+    assert access.json()["detail"] == {"rows": {"consommation-eau-menages": 12}, "consent_records": 1}
+    document = fed.consent.get(access.json()["file"], headers=fed.auth("dpo")).json()
+    water = document["datasets"]["consommation-eau-menages"]
+    assert len(water) == 12 and {r["meter_id"] for r in water} == {meter}
+    assert all(not key.startswith("__maillage") for key in water[0])
+    assert document["consents"][0]["events"][0]["event"] == "given"
+    assert fed.consent.get(access.json()["file"], headers=fed.auth("partner")).status_code == 403
+
+    # Unknown subjects: a 404 with a reason, nothing recorded.
+    unknown = fed.consent.post(
+        f"{base}/subject-requests", json={"kind": "erasure", "subject_identifier": "CPT-0000"}, headers=fed.auth("dpo")
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"] == "consent.unknown_subject"
+    assert len(fed.consent.get(f"{base}/subject-requests", headers=fed.auth("dpo")).json()) == 1
+
+    # Erasure: rows gone from the exchange (earlier versions destroyed), consent records anonymised, audited.
+    storage = fed.exchange.app.state.storage  # type: ignore[attr-defined]
+    before = storage.current(DIJON, "consommation-eau-menages")
+    erasure = fed.consent.post(
+        f"{base}/subject-requests", json={"kind": "erasure", "subject_identifier": meter}, headers=fed.auth("dpo")
+    )
+    assert erasure.status_code == 201, erasure.text
+    assert erasure.json()["status"] == "completed"
+    assert erasure.json()["detail"]["erased"] == {"consommation-eau-menages": 12}
+    assert erasure.json()["detail"]["consent_records_anonymised"] == 1
+    after = storage.current(DIJON, "consommation-eau-menages")
+    assert after.rows == before.rows - 12 and not before.directory.exists()
+    lookup = fed.consent.post(f"{base}/subjects/lookup", json={"subject_identifier": meter}, headers=fed.auth("dpo"))
+    assert lookup.status_code == 404
+    again = fed.consent.post(
+        f"{base}/subject-requests", json={"kind": "access", "subject_identifier": meter}, headers=fed.auth("dpo")
+    )
+    assert again.status_code == 404  # nothing is held any more
+    log = fed.exchange.get(f"/v1/territories/{DIJON}/audit", headers=fed.auth("dpo")).json()
+    erased = [r for r in log if r["reason"] == "subject.erasure"]
+    assert len(erased) == 1 and erased[0]["rows_out"] == 12 and meter not in json.dumps(log)
+
+    # Retention (P5Y on month): the 2018 and 2019 rows are past it; a dry run removes nothing.
+    purge = f"/v1/territories/{DIJON}/datasets/consommation-eau-menages/retention/purge"
+    dry = fed.exchange.post(f"{purge}?dry_run=true", headers=fed.auth("steward"))
+    assert dry.status_code == 200 and dry.json()["rows_expired"] == 2 and dry.json()["version"] is None
+    assert storage.current(DIJON, "consommation-eau-menages").rows == after.rows
+    assert fed.exchange.post(purge, headers=fed.auth("partner")).status_code == 403
+    done = fed.exchange.post(purge, headers=fed.auth("dpo"))
+    assert done.status_code == 200 and done.json()["rows_expired"] == 2 and done.json()["audit_id"]
+    assert storage.current(DIJON, "consommation-eau-menages").rows == after.rows - 2
+    assert fed.exchange.post(purge, headers=fed.auth("steward")).json()["rows_expired"] == 0
+    verified = fed.exchange.get(f"/v1/territories/{DIJON}/audit/verify", headers=fed.auth("dpo")).json()
+    assert verified["valid"] is True
+    with fed.exchange.app.state.ctx.database.session() as session:  # type: ignore[attr-defined]
+        destroyed = [
+            json.loads(row.payload)["data"]
+            for row in session.exec(select(OutboxEvent)).all()
+            if row.type == DataDestroyedV1.cloud_type()
+        ]
+    assert sorted((d["reason"], d["rows_removed"]) for d in destroyed) == [("erasure", 12), ("retention", 2)]
