@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kit.nats_server import NatsServer
+from maillage.archive_cli import export_command, import_command
 from maillage.bootstrap import (
     BootstrapKey,
     DataDir,
@@ -206,6 +207,8 @@ def contracts(
 
 
 app.command("ingest")(ingest_command)
+app.command("export")(export_command)
+app.command("import")(import_command)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from consent import records
 from consent.models import ConsentEvent, ConsentRecord, Notice, SubjectRequest
 from consent.receipts import InvalidReceipt, ReceiptSigner, verify
 from consent.records import ConsentIn, NoticeIn, NoticeRef, Outcome
+from consent.records import history as records_history
 from consent.subject_requests import Exchange, RequestFailed, due_date, run_request
 from contracts.requests import SubjectRequestV1
 from kit.auth import Principal, Role
@@ -557,3 +558,75 @@ def delete_access_file(
     row = _subject_request(session, territory, request_id)
     (_files(request) / f"{row.id}.json").unlink(missing_ok=True)
     return Response(status_code=204)
+
+
+# -- reversibility ------------------------------------------------------------------------------------------------
+
+
+class ConsentArchive(BaseModel):
+    """Every consent notice, record and event of a territory, and its receipt keys (to check old receipts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    territory: str
+    notices: list[dict[str, Any]]
+    records: list[dict[str, Any]] = Field(description="each record with its events, in order")
+    receipt_keys: dict[str, list[dict[str, str]]] = Field(description="JWKS of the receipts' signing keys")
+
+
+def _plain(model: Any) -> dict[str, Any]:
+    return {k: (as_utc(v).isoformat() if isinstance(v, datetime) else v) for k, v in model.model_dump().items()}
+
+
+@router.get("/export", tags=["reversibility"])
+def export_consents(
+    request: Request, territory: TerritoryPath, principal: CallerPrincipal, session: SessionDep
+) -> ConsentArchive:
+    """The territory's consent notices, records and events (pseudonyms only), to take to another node."""
+    _require(principal, territory)
+    notices = session.exec(select(Notice).where(Notice.territory == territory).order_by(col(Notice.created_at))).all()
+    rows = session.exec(
+        select(ConsentRecord).where(ConsentRecord.territory == territory).order_by(col(ConsentRecord.created_at))
+    ).all()
+    records = []
+    for row in rows:
+        events = records_history(session, row.id)
+        records.append({**_plain(row), "events": [_plain(e) for e in events]})
+    return ConsentArchive(
+        territory=territory,
+        notices=[_plain(n) for n in notices],
+        records=records,
+        receipt_keys={"keys": [signer_for(request, territory).jwk()]},
+    )
+
+
+@router.post("/import", status_code=201, tags=["reversibility"])
+def import_consents(
+    body: ConsentArchive, territory: TerritoryPath, principal: CallerPrincipal, session: SessionDep, ctx: ContextDep
+) -> dict[str, int]:
+    """Restore a territory's consents from its archive, on a node that holds none; the exchanges receive each
+    record's current state. Pseudonyms only match the data if this node has the same pseudonymisation secret."""
+    _require(principal, territory)
+    if body.territory != territory:
+        raise Unprocessable("the archive is another territory's", code="consent.other_territory")
+    if session.exec(select(ConsentRecord.id).where(ConsentRecord.territory == territory).limit(1)).first():
+        raise Conflict(f"consent records of {territory} exist here already", code="consent.not_empty")
+    try:
+        for notice in body.notices:
+            session.add(Notice.model_validate({**notice, "territory": territory}))
+        for item in body.records:
+            events = item.get("events", [])
+            record = ConsentRecord.model_validate(
+                {k: v for k, v in item.items() if k != "events"} | {"territory": territory}
+            )
+            session.add(record)
+            for event in events:
+                session.add(ConsentEvent.model_validate(event))
+            if record.seq:
+                records.announce(session, record, source=ctx.source)
+        session.flush()
+    except (ValueError, TypeError, KeyError) as exc:
+        raise Unprocessable(
+            f"the archive does not describe consent records: {exc}"[:300], code="consent.bad_archive"
+        ) from None
+    return {"notices": len(body.notices), "records": len(body.records)}

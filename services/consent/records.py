@@ -30,6 +30,7 @@ __all__ = [
     "NoticeRef",
     "Outcome",
     "Processing",
+    "announce",
     "expire_due",
     "give",
     "history",
@@ -399,6 +400,25 @@ def _event(
         source=source,
     )
     return signer.sign(_receipt_payload(record, event))
+
+
+def announce(session: Session, record: ConsentRecord, *, source: str) -> None:
+    """Publish the record's current state (without a new event): for a node restoring records from an archive."""
+    enqueue(
+        session,
+        ConsentChangedV1(
+            territory=record.territory,
+            record_id=record.id,
+            seq=record.seq,
+            subject_pseudonym=record.subject,
+            purpose=record.purpose,
+            event="renewed" if record.state == ACTIVE else ("erased" if record.state == "erased" else "withdrawn"),
+            active=record.state == ACTIVE,
+            valid_until=record.valid_until,
+            at=utcnow(),
+        ),
+        source=source,
+    )
 
 
 def receipt_for(session: Session, record: ConsentRecord, signer: ReceiptSigner) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,6 +16,7 @@ from sqlmodel import col, select
 
 from contracts.datasets import AccessLevel, DatasetMetadata
 from contracts.requests import QueryRequestV1
+from exchange import audit
 from exchange.audit import AuditRecord, ChainReport, verify_chain
 from exchange.config import ExchangeSettings
 from exchange.ingest import IngestReport, ingest
@@ -23,8 +25,8 @@ from exchange.rights import purge_dataset
 from exchange.storage import DatasetVersion, Storage, export_csv
 from kit.advertisements import published_metadata
 from kit.auth import Principal, Role
-from kit.errors import Forbidden, NotFound, Unprocessable
-from kit.service import CallerPrincipal, ContextDep, SessionDep, SlugPath, TerritoryPath
+from kit.errors import Conflict, Forbidden, NotFound, Unprocessable
+from kit.service import CallerPrincipal, ContextDep, OptionalPrincipal, SessionDep, SlugPath, TerritoryPath
 
 __all__ = ["negotiate_result", "router"]
 
@@ -174,9 +176,15 @@ async def upload(
     return report
 
 
-def _open_version(session: SessionDep, storage: Storage, territory: str, slug: str) -> DatasetVersion:
+def _open_version(
+    session: SessionDep, storage: Storage, territory: str, slug: str, principal: Principal | None
+) -> DatasetVersion:
+    """Open data for everyone; the territory's own stewards and DPO may take any of its datasets (reversibility)."""
     metadata = _metadata(session, territory, slug)
-    if metadata.access is not AccessLevel.OPEN:
+    own = principal is not None and (
+        principal.has_role(territory, Role.STEWARD) or principal.has_role(territory, Role.DPO)
+    )
+    if metadata.access is not AccessLevel.OPEN and not own:
         raise Forbidden(
             f"dataset {territory}/{slug} is not open data: query it under an agreement", code="policy.not_open"
         )
@@ -187,9 +195,11 @@ def _open_version(session: SessionDep, storage: Storage, territory: str, slug: s
 
 
 @router.get("/datasets/{slug}/data.csv", response_class=StreamingResponse, tags=["data"])
-def download_csv(territory: Territory, slug: Slug, session: SessionDep, storage: StorageDep) -> StreamingResponse:
-    """Every row of an open dataset, as CSV (UTF-8, comma)."""
-    version = _open_version(session, storage, territory, slug)
+def download_csv(
+    territory: Territory, slug: Slug, session: SessionDep, storage: StorageDep, principal: OptionalPrincipal
+) -> StreamingResponse:
+    """Every row of an open dataset (or of any dataset, for the territory's stewards and DPO), as CSV."""
+    version = _open_version(session, storage, territory, slug, principal)
     return StreamingResponse(
         export_csv(version),
         media_type="text/csv; charset=utf-8",
@@ -198,9 +208,11 @@ def download_csv(territory: Territory, slug: Slug, session: SessionDep, storage:
 
 
 @router.get("/datasets/{slug}/data.parquet", response_class=FileResponse, tags=["data"])
-def download_parquet(territory: Territory, slug: Slug, session: SessionDep, storage: StorageDep) -> FileResponse:
-    """Every row of an open dataset, as Parquet."""
-    version = _open_version(session, storage, territory, slug)
+def download_parquet(
+    territory: Territory, slug: Slug, session: SessionDep, storage: StorageDep, principal: OptionalPrincipal
+) -> FileResponse:
+    """Every row of an open dataset (or of any dataset, for the territory's stewards and DPO), as Parquet."""
+    version = _open_version(session, storage, territory, slug, principal)
     return FileResponse(
         version.parquet_path,
         media_type="application/vnd.apache.parquet",
@@ -302,6 +314,42 @@ def audit_log(
         )
         for row in rows
     ]
+
+
+class AuditImport(BaseModel):
+    records: list[AuditOut] = Field(max_length=1_000_000)
+
+
+@router.post("/audit/import", response_model=ChainReport, status_code=201, tags=["audit"])
+def import_audit(
+    body: AuditImport, territory: Territory, session: SessionDep, principal: CallerPrincipal
+) -> ChainReport:
+    """Restore a territory's audit chain from its archive, on a node that holds none yet; the chain is verified
+    first (422 ``audit.broken_chain`` with the first broken link), and new records chain after it."""
+    _require_auditor(principal, territory)
+    if session.exec(select(AuditRecord.id).where(col(AuditRecord.territory) == territory).limit(1)).first():
+        raise Conflict(f"the audit chain of {territory} is not empty here", code="audit.not_empty")
+    previous = audit.GENESIS
+    for expected, item in enumerate(sorted(body.records, key=lambda r: r.seq), start=1):
+        # The hashes cover the territory: a chain only imports into the territory it was written for.
+        record = AuditRecord(
+            **{
+                **item.model_dump(),
+                "at": datetime.fromisoformat(item.at),
+                "datasets": ",".join(item.datasets),
+                "territory": territory,
+            }
+        )
+        if record.seq != expected or record.prev_hash != previous or audit.record_hash(record) != record.hash:
+            raise Unprocessable(
+                f"the chain breaks at record {record.seq}",
+                code="audit.broken_chain",
+                extra={"first_broken_seq": record.seq},
+            )
+        previous = record.hash
+        session.add(record)
+    session.flush()
+    return audit.verify_chain(session, territory)
 
 
 @router.get("/audit/verify", response_model=ChainReport, tags=["audit"])

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import random
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
+from catalog.app import create_app as create_catalog
+from catalog.config import CatalogSettings
 from catalog.seeds import SeedTerritory, demo_published
 from consent.app import create_app as create_consent
 from consent.config import ConsentSettings
@@ -32,6 +35,7 @@ from kit.messaging import Messaging
 from kit.nats_server import NatsServer
 from kit.outbox import OutboxEvent
 from kit.testing.factories import bootstrap_key, operator_principal, service_settings
+from maillage.archive import ArchiveError, NodeClients, export_territory, import_territory
 from registry.app import create_app as create_registry
 from registry.config import RegistrySettings
 
@@ -481,3 +485,131 @@ def test_data_subject_access_and_erasure_then_retention(federation: Federation):
             if row.type == DataDestroyedV1.cloud_type()
         ]
     assert sorted((d["reason"], d["rows_removed"]) for d in destroyed) == [("erasure", 12), ("retention", 2)]
+
+
+def test_a_territory_leaves_with_its_archive_and_starts_again_on_a_fresh_node(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """``maillage export`` on node A, ``maillage import`` on an empty node B: every dataset's checksum and the same
+    query's result are identical, the audit chain and the consent records come along."""
+    fed = federation
+    keyring = tmp_path / "keyring.json"
+
+    def node_settings(cls: type, name: str, **extra: object) -> object:
+        return service_settings(
+            cls,  # type: ignore[arg-type]
+            data_dir=tmp_path / name,
+            nats_url=fed.nats.url,
+            keyring_file=keyring,
+            territories=[DIJON],
+            **extra,
+        )
+
+    steward = fed.auth("steward")
+    catalog_a = create_catalog(node_settings(CatalogSettings, "catalog-a", node_id="dijon"))
+    with TestClient(catalog_a) as cat_a:
+        territory = SeedTerritory(DIJON, "Dijon Métropole", ("21231", "21166", "21617"), "dijon")
+        for dataset in demo_published(territory, catalog_url="http://c.test", exchange_url="http://e.test"):
+            metadata = dataset.metadata.model_dump(mode="json", by_alias=True, exclude_none=True)
+            path = f"/v1/territories/{DIJON}/datasets"
+            created = cat_a.post(path, json={"slug": dataset.slug, "metadata": metadata}, headers=steward)
+            assert created.status_code == 201, created.text
+            assert cat_a.post(f"{path}/{dataset.slug}/publish", headers=steward).status_code == 200
+        eventually(
+            lambda: (
+                fed.exchange.post(
+                    f"/v1/territories/{DIJON}/datasets/consommation-eau-menages/data?mode=replace",
+                    content=water_csv(random.Random(21)),
+                    headers={**steward, "Content-Type": "text/csv"},
+                ).status_code
+                == 201
+            ),
+            "the water data on node A",
+        )
+        aid = activate(fed)
+        sql = (
+            'SELECT commune_insee, month, sum(volume_m3) AS m3 FROM "consommation-eau-menages" '
+            "GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        before = query(fed, sql, aid, accept="application/json")
+        assert before.status_code == 200 and before.json()
+        base = f"/v1/territories/{DIJON}/consent"
+        research = "https://w3id.org/dpv#ScientificResearch"
+        notice = {
+            "notice_id": "releves-eau",
+            "version": 1,
+            "language": "fr",
+            "title": "Vos relevés d'eau pour la recherche",
+            "text": "Texte.",
+            "purposes": [research],
+        }
+        assert fed.consent.post(f"{base}/notices", json=notice, headers=steward).status_code == 201
+        for meter in ("CPT-21231-0001", "CPT-21231-0002"):
+            decision = {
+                "subject_identifier": meter,
+                "purpose": research,
+                "notice": {"id": "releves-eau", "version": 1, "language": "fr"},
+                "processing": {
+                    "data_categories": ["consommation d'eau mensuelle"],
+                    "controllers": [DIJON],
+                    "recipients": [PARTNER],
+                    "retention": "P1Y",
+                    "storage_location": "FR",
+                    "jurisdiction": "FR",
+                    "withdrawal_method": "guichet",
+                },
+            }
+            assert fed.consent.post(f"{base}/records", json=decision, headers=steward).status_code == 201
+        node_a = NodeClients(
+            catalog=TestClient(cat_a.app, headers=steward),
+            exchange=TestClient(fed.exchange.app, headers=steward),
+            consent=TestClient(fed.consent.app, headers=steward),
+            registry=TestClient(fed.registry.app, headers=steward),
+        )
+        archive = tmp_path / f"{DIJON}.tar.gz"
+        manifest = export_territory(node_a, DIJON, archive)
+    assert manifest["datasets"]["consommation-eau-menages"]["rows"] == (120 + 60 + 4) * 12
+    assert {f["path"] for f in manifest["files"]} >= {
+        "catalog/datasets.json",
+        "catalog/catalog.ttl",
+        "datasets/consommation-eau-menages/data.parquet",
+        "datasets/consommation-eau-menages/data.csv",
+        "datasets/consommation-eau-menages/schema.json",
+        "agreements/agreements.json",
+        "audit/audit.jsonl",
+        "consent/consents.json",
+    }
+    with tarfile.open(archive, "r:gz") as tar:
+        consents = json.loads(tar.extractfile("consent/consents.json").read())  # type: ignore[union-attr]
+    assert len(consents["records"]) == 2 and "CPT-21231-0001" not in json.dumps(consents)
+
+    # Node B: empty catalog, exchange and consent service for the same territory.
+    catalog_b = create_catalog(node_settings(CatalogSettings, "catalog-b", node_id="dijon-b"))
+    exchange_b = create_exchange(
+        node_settings(ExchangeSettings, "exchange-b", node_id="dijon-b", sandbox_workers=1, query_timeout_seconds=10.0)
+    )
+    consent_b = create_consent(node_settings(ConsentSettings, "consent-b", node_id="dijon-b"))
+    with TestClient(catalog_b) as cat_b, TestClient(exchange_b) as exc_b, TestClient(consent_b) as con_b:
+        node_b = NodeClients(
+            catalog=TestClient(cat_b.app, headers=steward),
+            exchange=TestClient(exc_b.app, headers=steward),
+            consent=TestClient(con_b.app, headers=steward),
+        )
+        result = import_territory(node_b, archive)
+        assert result["datasets"]["consommation-eau-menages"]["identical"] is True
+        assert result["audit"]["valid"] is True and result["audit"]["records"] == manifest["audit_records"]
+        assert result["consents"] == {"notices": 1, "records": 2}
+        lookup = con_b.post(f"{base}/subjects/lookup", json={"subject_identifier": "CPT-21231-0001"}, headers=steward)
+        assert lookup.status_code == 200 and lookup.json()["purposes"][research]["state"] == "active"
+        engine_b = exc_b.app.state.engine  # type: ignore[attr-defined]
+        eventually(lambda: engine_b.grants.get(aid) is not None, "the grant on node B")
+        after = exc_b.post(
+            f"/v1/territories/{DIJON}/query",
+            json={"sql": sql, "agreement_id": aid},
+            headers=fed.auth("partner", Accept="application/json"),
+        )
+        assert after.status_code == 200 and after.json() == before.json()
+        # Importing twice is refused, nothing half-written.
+        again = import_territory
+        with pytest.raises(ArchiveError, match="audit.not_empty|consent.not_empty|already"):
+            again(node_b, archive)
