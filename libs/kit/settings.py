@@ -6,7 +6,7 @@ A service subclasses :class:`ServiceSettings`, sets ``model_config = service_con
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,6 +33,8 @@ class ServiceSettings(BaseSettings):
     """What every service needs: where to listen, its database, NATS, its node and territories, its secrets."""
 
     model_config = service_config("SERVICE")
+    # Services that pseudonymise subjects (consent, exchange) need a real MAILLAGE_PSEUDONYM_SECRET outside development.
+    uses_pseudonyms: ClassVar[bool] = False
 
     environment: Literal["development", "test", "production"] = "development"
     host: str = "127.0.0.1"
@@ -90,7 +92,7 @@ class ServiceSettings(BaseSettings):
             if len(self.secret_key.get_secret_value()) < 32:
                 raise ValueError("secret_key must be at least 32 characters outside development")
             pseudonym_secret = self.pseudonym_secret.get_secret_value()
-            if pseudonym_secret == DEVELOPMENT_SECRET or len(pseudonym_secret) < 32:
+            if self.uses_pseudonyms and (pseudonym_secret == DEVELOPMENT_SECRET or len(pseudonym_secret) < 32):
                 raise ValueError(
                     "MAILLAGE_PSEUDONYM_SECRET must be set (32 characters or more) "
                     f"before running in {self.environment}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from kit.settings import ServiceSettings, service_config
@@ -11,6 +13,7 @@ __all__ = ["ConsentSettings"]
 
 class ConsentSettings(ServiceSettings):
     model_config = service_config("CONSENT")
+    uses_pseudonyms: ClassVar[bool] = True
 
     port: int = 8103
     expiry_interval_seconds: float = Field(

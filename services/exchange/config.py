@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, SecretStr
 
 from kit.settings import ServiceSettings, service_config
@@ -11,6 +13,7 @@ __all__ = ["ExchangeSettings"]
 
 class ExchangeSettings(ServiceSettings):
     model_config = service_config("EXCHANGE")
+    uses_pseudonyms: ClassVar[bool] = True
 
     port: int = 8102
     registry_url: str | None = Field(default=None, description="verifies partners' federated API keys")

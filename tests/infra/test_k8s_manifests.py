@@ -227,6 +227,9 @@ def test_maillage_variables_are_settings_fields(path: str, container: dict[str, 
         match = MAILLAGE_VAR.match(env["name"])
         if not env["name"].startswith("MAILLAGE_"):
             continue
+        if env["name"] == "MAILLAGE_PSEUDONYM_SECRET":  # shared by the node's services, not prefixed
+            assert service in ("exchange", "consent") and SETTINGS[service].uses_pseudonyms, f"{path} {name}"
+            continue
         assert match, f"{path} {name}: {env['name']} is not MAILLAGE_<SERVICE>_<NAME>"
         prefix, setting = match.group(1).lower(), match.group(2).lower()
         assert prefix in SETTINGS, f"{path} {name}: {env['name']}: no service {prefix!r}"
@@ -263,7 +266,10 @@ def _resolve_env(overlay_name: str, build_: Build, container: dict[str, Any]) ->
 
 def _settings_kwargs(service: str, env: dict[str, str]) -> dict[str, Any]:
     prefix = f"MAILLAGE_{service.upper()}_"
-    return {name[len(prefix) :].lower(): value for name, value in env.items() if name.startswith(prefix)}
+    kwargs = {name[len(prefix) :].lower(): value for name, value in env.items() if name.startswith(prefix)}
+    if "MAILLAGE_PSEUDONYM_SECRET" in env:  # one variable shared by the node's services
+        kwargs["pseudonym_secret"] = env["MAILLAGE_PSEUDONYM_SECRET"]
+    return kwargs
 
 
 def test_overlay_configuration_is_accepted_by_the_settings(overlay: tuple[str, Build]) -> None:
@@ -284,7 +290,15 @@ def test_overlay_configuration_is_accepted_by_the_settings(overlay: tuple[str, B
             )
             with pytest.raises(ValidationError, match="secret_key"):
                 SETTINGS[service](_env_file=None, **kwargs)
-            settings = SETTINGS[service](_env_file=None, **{**kwargs, "secret_key": SecretStr(STRONG_SECRET)})
+            strong: dict[str, Any] = {"secret_key": SecretStr(STRONG_SECRET)}
+            if SETTINGS[service].uses_pseudonyms:
+                assert kwargs.get("pseudonym_secret") == PLACEHOLDER, (
+                    f"{name} {service}: no placeholder pseudonym secret"
+                )
+                with pytest.raises(ValidationError, match="PSEUDONYM_SECRET"):
+                    SETTINGS[service](_env_file=None, **{**kwargs, **strong})
+                strong["pseudonym_secret"] = SecretStr(STRONG_SECRET)
+            settings = SETTINGS[service](_env_file=None, **{**kwargs, **strong})
             ports = [port["containerPort"] for port in container.get("ports", [])]
             assert ports == [settings.port], f"{name} {service}: containerPort {ports} but port {settings.port}"
             if service != "gateway":

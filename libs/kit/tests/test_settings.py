@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 from pydantic import ValidationError
 
@@ -10,6 +12,11 @@ from kit.settings import ServiceSettings, service_config
 
 class DemoSettings(ServiceSettings):
     model_config = service_config("DEMO")
+
+
+class PseudonymisingSettings(ServiceSettings):
+    model_config = service_config("DEMO")
+    uses_pseudonyms: ClassVar[bool] = True
 
 
 def test_environment_prefix_and_territory_list(monkeypatch, tmp_path):
@@ -30,13 +37,14 @@ def test_placeholder_secret_accepted_in_development_only(monkeypatch):
             DemoSettings(environment=environment)
         with pytest.raises(ValidationError, match="at least 32"):
             DemoSettings(environment=environment, secret_key="short-but-not-placeholder")
+    # Services that pseudonymise subjects need the node's pseudonymisation secret too; others do not.
     with pytest.raises(ValidationError, match="MAILLAGE_PSEUDONYM_SECRET"):
-        DemoSettings(environment="production", secret_key="s" * 40)
-    assert DemoSettings(environment="production", secret_key="s" * 40, pseudonym_secret="p" * 40).environment == (
-        "production"
-    )
+        PseudonymisingSettings(environment="production", secret_key="s" * 40)
+    strong = PseudonymisingSettings(environment="production", secret_key="s" * 40, pseudonym_secret="p" * 40)
+    assert strong.environment == "production"
     monkeypatch.setenv("MAILLAGE_PSEUDONYM_SECRET", "q" * 40)  # one variable for every service of the node
-    assert DemoSettings(environment="production", secret_key="s" * 40).pseudonym_secret.get_secret_value() == "q" * 40
+    shared = PseudonymisingSettings(environment="production", secret_key="s" * 40)
+    assert shared.pseudonym_secret.get_secret_value() == "q" * 40
 
 
 def test_secret_never_printed():
