@@ -286,10 +286,21 @@ def withdraw(
 ) -> ChangeOut:
     """Withdraw a consent (a no-op when already withdrawn; 409 consent.not_active when it was never given)."""
     _require(principal, territory)
-    record = _record(session, territory, record_id)
-    outcome = records.withdraw(
-        session, record, actor=principal.subject, signer=signer_for(request, territory), source=ctx.source
-    )
+    return _withdraw(_record(session, territory, record_id), request, principal, session, ctx, response)
+
+
+def _withdraw(
+    record: ConsentRecord | None,
+    request: Request,
+    principal: Principal,
+    session: Session,
+    ctx: ServiceContext,
+    response: Response,
+) -> ChangeOut:
+    if record is None:
+        raise Conflict("no consent was given for this purpose: nothing to withdraw", code="consent.not_active")
+    signer = signer_for(request, record.territory)
+    outcome = records.withdraw(session, record, actor=principal.subject, signer=signer, source=ctx.source)
     return _change(outcome, response)
 
 
@@ -313,12 +324,7 @@ def withdraw_by_subject(
             ConsentRecord.purpose == body.purpose,
         )
     ).first()
-    if record is None:
-        raise Conflict("no consent was given for this purpose: nothing to withdraw", code="consent.not_active")
-    outcome = records.withdraw(
-        session, record, actor=principal.subject, signer=signer_for(request, territory), source=ctx.source
-    )
-    return _change(outcome, response)
+    return _withdraw(record, request, principal, session, ctx, response)
 
 
 @router.post("/records/{record_id}/renew")

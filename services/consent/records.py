@@ -384,6 +384,22 @@ def _event(
         session.flush()
     except IntegrityError as exc:  # a concurrent change of the same record took this seq first
         raise Conflict("the record changed at the same time; retry", code="consent.concurrent_change") from exc
+    announce(session, record, kind, source=source, at=now)
+    return signer.sign(_receipt_payload(record, event))
+
+
+def announce(
+    session: Session,
+    record: ConsentRecord,
+    kind: ConsentEventKind | None = None,
+    *,
+    source: str,
+    at: datetime | None = None,
+) -> None:
+    """Publish the record's state for the exchanges; without ``kind`` (a node restoring records from an archive),
+    the state as it stands, with no new event."""
+    if kind is None:
+        kind = "renewed" if record.state == ACTIVE else ("erased" if record.state == "erased" else "withdrawn")
     enqueue(
         session,
         ConsentChangedV1(
@@ -395,27 +411,7 @@ def _event(
             event=kind,
             active=record.state == ACTIVE,
             valid_until=record.valid_until,
-            at=now,
-        ),
-        source=source,
-    )
-    return signer.sign(_receipt_payload(record, event))
-
-
-def announce(session: Session, record: ConsentRecord, *, source: str) -> None:
-    """Publish the record's current state (without a new event): for a node restoring records from an archive."""
-    enqueue(
-        session,
-        ConsentChangedV1(
-            territory=record.territory,
-            record_id=record.id,
-            seq=record.seq,
-            subject_pseudonym=record.subject,
-            purpose=record.purpose,
-            event="renewed" if record.state == ACTIVE else ("erased" if record.state == "erased" else "withdrawn"),
-            active=record.state == ACTIVE,
-            valid_until=record.valid_until,
-            at=utcnow(),
+            at=at or utcnow(),
         ),
         source=source,
     )

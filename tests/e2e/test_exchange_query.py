@@ -188,6 +188,44 @@ def activate(fed: Federation, **overrides: object) -> str:
     return aid
 
 
+RESEARCH = "https://w3id.org/dpv#ScientificResearch"
+CONSENT = f"/v1/territories/{DIJON}/consent"
+
+
+def publish_notice(fed: Federation, who: str = "steward") -> None:
+    notice = {
+        "notice_id": "releves-eau",
+        "version": 1,
+        "language": "fr",
+        "title": "Vos relevés d'eau pour la recherche",
+        "text": "Dijon Métropole partage vos relevés mensuels, agrégés, avec des équipes de recherche.",
+        "purposes": [RESEARCH],
+    }
+    assert fed.consent.post(f"{CONSENT}/notices", json=notice, headers=fed.auth(who)).status_code == 201
+
+
+def decide(fed: Federation, meter: str, choice: str = "given", who: str = "steward") -> dict:
+    """A water-meter holder's decision on sharing their readings for research; the consent service's answer."""
+    body = {
+        "subject_identifier": meter,
+        "decision": choice,
+        "purpose": RESEARCH,
+        "notice": {"id": "releves-eau", "version": 1, "language": "fr"},
+        "processing": {
+            "data_categories": ["consommation d'eau mensuelle"],
+            "controllers": [DIJON],
+            "recipients": [PARTNER],
+            "retention": "P1Y",
+            "storage_location": "FR",
+            "jurisdiction": "FR",
+            "withdrawal_method": "espace citoyen ou guichet",
+        },
+    }
+    response = fed.consent.post(f"{CONSENT}/records", json=body, headers=fed.auth(who))
+    assert response.status_code in (200, 201), response.text
+    return dict(response.json())
+
+
 def query(fed: Federation, sql: str, agreement_id: str | None = None, accept: str | None = None):
     headers = fed.auth("partner", **({"Accept": accept} if accept else {}))
     return fed.exchange.post(
@@ -317,7 +355,7 @@ def test_consent_based_agreement_computes_on_consented_subjects_only(federation:
     """Grants resting on consent see only the subjects whose consent for the grant's purpose is active; a withdrawal
     applies to the next query once the exchange has processed the event."""
     fed = federation
-    research = "https://w3id.org/dpv#ScientificResearch"
+    research = RESEARCH
     upload = fed.exchange.post(
         f"/v1/territories/{DIJON}/datasets/consommation-eau-menages/data?mode=replace",
         content=water_csv(random.Random(5)),
@@ -334,43 +372,15 @@ def test_consent_based_agreement_computes_on_consented_subjects_only(federation:
 
     assert released() == {}  # nobody has consented yet: nothing to compute on
 
-    base = f"/v1/territories/{DIJON}/consent"
-    notice = {
-        "notice_id": "releves-eau",
-        "version": 1,
-        "language": "fr",
-        "title": "Vos relevés d'eau pour la recherche",
-        "text": "Dijon Métropole partage vos relevés mensuels, agrégés, avec des équipes de recherche.",
-        "purposes": [research],
-    }
-    assert fed.consent.post(f"{base}/notices", json=notice, headers=fed.auth("steward")).status_code == 201
-
-    def decide(meter: str, choice: str = "given") -> dict:
-        body = {
-            "subject_identifier": meter,
-            "decision": choice,
-            "purpose": research,
-            "notice": {"id": "releves-eau", "version": 1, "language": "fr"},
-            "processing": {
-                "data_categories": ["consommation d'eau mensuelle"],
-                "controllers": [DIJON],
-                "recipients": [PARTNER],
-                "retention": "P1Y",
-                "storage_location": "FR",
-                "jurisdiction": "FR",
-                "withdrawal_method": "espace citoyen ou guichet",
-            },
-        }
-        response = fed.consent.post(f"{base}/records", json=body, headers=fed.auth("steward"))
-        assert response.status_code in (200, 201), response.text
-        return response.json()
+    base = CONSENT
+    publish_notice(fed)
 
     # 12 meters of 21231 and 3 of 21166 consent; 2 of 21231 refuse.
-    records = {f"CPT-21231-{i:04d}": decide(f"CPT-21231-{i:04d}")["record"]["record_id"] for i in range(12)}
+    records = {f"CPT-21231-{i:04d}": decide(fed, f"CPT-21231-{i:04d}")["record"]["record_id"] for i in range(12)}
     for i in range(3):
-        decide(f"CPT-21166-{i:04d}")
+        decide(fed, f"CPT-21166-{i:04d}")
     for i in (100, 101):
-        decide(f"CPT-21231-{i:04d}", "refused")
+        decide(fed, f"CPT-21231-{i:04d}", "refused")
     eventually(lambda: released() == {"21231": 12 * 12}, "the consented subjects on the exchange")
 
     # One withdrawal: the next query after the event is processed counts 11 meters; two more put it below k.
@@ -387,7 +397,6 @@ def test_data_subject_access_and_erasure_then_retention(federation: Federation):
     deleted on the exchange with earlier versions destroyed, consent records anonymised, both audited); rows past
     the retention period are purged, after a dry run."""
     fed = federation
-    research = "https://w3id.org/dpv#ScientificResearch"
     rows = water_csv(random.Random(9)).decode().splitlines()
     old_rows = ["CPT-21231-0001,21231,2018-01-01,5.5,2", "CPT-21231-0002,21231,2019-06-01,4.0,3"]
     upload = fed.exchange.post(
@@ -396,32 +405,10 @@ def test_data_subject_access_and_erasure_then_retention(federation: Federation):
         headers=fed.auth("steward", **{"Content-Type": "text/csv"}),
     )
     assert upload.status_code == 201, upload.text
-    base = f"/v1/territories/{DIJON}/consent"
-    notice = {
-        "notice_id": "releves-eau",
-        "version": 1,
-        "language": "fr",
-        "title": "Vos relevés d'eau pour la recherche",
-        "text": "Texte de la notice.",
-        "purposes": [research],
-    }
-    fed.consent.post(f"{base}/notices", json=notice, headers=fed.auth("dpo"))
+    base = CONSENT
+    publish_notice(fed, "dpo")
     meter = "CPT-21231-0007"
-    decision = {
-        "subject_identifier": meter,
-        "purpose": research,
-        "notice": {"id": "releves-eau", "version": 1, "language": "fr"},
-        "processing": {
-            "data_categories": ["consommation d'eau mensuelle"],
-            "controllers": [DIJON],
-            "recipients": [PARTNER],
-            "retention": "P1Y",
-            "storage_location": "FR",
-            "jurisdiction": "FR",
-            "withdrawal_method": "guichet",
-        },
-    }
-    assert fed.consent.post(f"{base}/records", json=decision, headers=fed.auth("dpo")).status_code == 201
+    assert decide(fed, meter, who="dpo")["record"]["seq"] == 1
 
     # Access: every row about the meter and its consent records, in one file.
     access = fed.consent.post(
@@ -533,33 +520,10 @@ def test_a_territory_leaves_with_its_archive_and_starts_again_on_a_fresh_node(
         )
         before = query(fed, sql, aid, accept="application/json")
         assert before.status_code == 200 and before.json()
-        base = f"/v1/territories/{DIJON}/consent"
-        research = "https://w3id.org/dpv#ScientificResearch"
-        notice = {
-            "notice_id": "releves-eau",
-            "version": 1,
-            "language": "fr",
-            "title": "Vos relevés d'eau pour la recherche",
-            "text": "Texte.",
-            "purposes": [research],
-        }
-        assert fed.consent.post(f"{base}/notices", json=notice, headers=steward).status_code == 201
+        base, research = CONSENT, RESEARCH
+        publish_notice(fed)
         for meter in ("CPT-21231-0001", "CPT-21231-0002"):
-            decision = {
-                "subject_identifier": meter,
-                "purpose": research,
-                "notice": {"id": "releves-eau", "version": 1, "language": "fr"},
-                "processing": {
-                    "data_categories": ["consommation d'eau mensuelle"],
-                    "controllers": [DIJON],
-                    "recipients": [PARTNER],
-                    "retention": "P1Y",
-                    "storage_location": "FR",
-                    "jurisdiction": "FR",
-                    "withdrawal_method": "guichet",
-                },
-            }
-            assert fed.consent.post(f"{base}/records", json=decision, headers=steward).status_code == 201
+            assert decide(fed, meter)["record"]["state"] == "active"
         node_a = NodeClients(
             catalog=TestClient(cat_a.app, headers=steward),
             exchange=TestClient(fed.exchange.app, headers=steward),
