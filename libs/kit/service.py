@@ -23,7 +23,10 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from contracts.identifiers import SubjectTokenError, validate_siren, validate_slug
-from kit.auth import Keyring, Principal
+from kit.auth import AuthMethod, Keyring, Principal
+from kit.auth.assertions import AssertionVerifier
+from kit.auth.bearer import BearerVerifier
+from kit.auth.oidc import OidcVerifier, looks_like_jwt
 from kit.consumer import DurableConsumer
 from kit.db import Database
 from kit.errors import NotFound, Unauthorized, Unprocessable, install_error_handlers
@@ -99,8 +102,7 @@ def get_session(ctx: ContextDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_principal(request: Request, ctx: ContextDep) -> Principal:
-    """The authenticated caller; 401 with a reason otherwise."""
+def _bearer(request: Request) -> str:
     header = request.headers.get("authorization")
     if not header:
         raise Unauthorized(
@@ -113,41 +115,54 @@ def get_principal(request: Request, ctx: ContextDep) -> Principal:
             code="auth.malformed_credentials",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = ctx.keyring.authenticate(credentials.strip())
-    if principal is None:
-        raise Unauthorized(
-            "unknown, malformed or revoked key",
-            code="auth.invalid_credentials",
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
-    return principal
+    return credentials.strip()
+
+
+def _invalid_credentials() -> Unauthorized:
+    return Unauthorized(
+        "unknown, malformed or revoked key",
+        code="auth.invalid_credentials",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+async def get_principal(request: Request, ctx: ContextDep) -> Principal:
+    """The authenticated caller by a bootstrap key, a gateway assertion or a Keycloak token (not a federated key);
+    401 with a reason otherwise."""
+    secret = _bearer(request)
+    principal = ctx.keyring.authenticate(secret)
+    if principal is not None:
+        return principal
+    if looks_like_jwt(secret) and isinstance(ctx.key_verifier, BearerVerifier):
+        principal = await ctx.key_verifier.verify_token(secret)
+        if principal.auth_method is not AuthMethod.API_KEY:  # federated keys only where CallerPrincipal is used
+            return principal
+    raise _invalid_credentials()
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
 async def get_caller(request: Request, ctx: ContextDep) -> Principal:
-    """The caller, by a bootstrap key or, where the service has a registry verifier, a federated API key."""
-    try:
-        return get_principal(request, ctx)
-    except Unauthorized as refused:
-        if refused.code != "auth.invalid_credentials" or ctx.key_verifier is None:
-            raise
-        secret = request.headers.get("authorization", "").partition(" ")[2].strip()
+    """The caller, by a bootstrap key, a gateway assertion, a Keycloak token or (where the service has a registry
+    verifier) a federated API key."""
+    secret = _bearer(request)
+    principal = ctx.keyring.authenticate(secret)
+    if principal is None and ctx.key_verifier is not None:
         principal = await ctx.key_verifier.verify(secret)
-        if principal is None:
-            raise
-        return principal
+    if principal is None:
+        raise _invalid_credentials()
+    return principal
 
 
 CallerPrincipal = Annotated[Principal, Depends(get_caller)]
 
 
-def get_optional_principal(request: Request, ctx: ContextDep) -> Principal | None:
+async def get_optional_principal(request: Request, ctx: ContextDep) -> Principal | None:
     """The caller when credentials are sent (401 if they are wrong), None for anonymous requests."""
     if not request.headers.get("authorization"):
         return None
-    return get_principal(request, ctx)
+    return await get_principal(request, ctx)
 
 
 OptionalPrincipal = Annotated[Principal | None, Depends(get_optional_principal)]
@@ -190,7 +205,7 @@ class ReadinessStatus(BaseModel):
     outbox_pending: int | None = None
 
 
-def _health_router(service: str) -> APIRouter:
+def _health_router(service: str, *, with_whoami: bool = True) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz", response_model=HealthStatus)
@@ -225,12 +240,28 @@ def _health_router(service: str) -> APIRouter:
         )
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
-    @router.get("/v1/whoami", response_model=Principal, tags=["auth"])
-    async def whoami(principal: CurrentPrincipal) -> Principal:
-        """The principal the presented credentials resolve to."""
-        return principal
+    if with_whoami:
+
+        @router.get("/v1/whoami", response_model=Principal, tags=["auth"])
+        async def whoami(principal: CurrentPrincipal) -> Principal:
+            """The principal the presented credentials resolve to."""
+            return principal
 
     return router
+
+
+def _bearer_verifier(settings: ServiceSettings, federated: KeyVerifier | None) -> BearerVerifier:
+    oidc = (
+        OidcVerifier(settings.oidc_issuer, audience=settings.oidc_audience, leeway=settings.oidc_leeway_seconds)
+        if settings.oidc_issuer
+        else None
+    )
+    return BearerVerifier(
+        assertions=AssertionVerifier(settings.assertion_public_keys) if settings.assertion_public_keys else None,
+        oidc=oidc,
+        federated=federated,
+        gateway_required=settings.gateway_required,
+    )
 
 
 def create_service_app(
@@ -246,6 +277,7 @@ def create_service_app(
     migrate: Callable[[Database], None] | None = None,
     on_startup: Callable[[ServiceContext], Awaitable[None]] | None = None,
     on_shutdown: Callable[[ServiceContext], Awaitable[None]] | None = None,
+    whoami: bool = True,
 ) -> FastAPI:
     """A FastAPI app with the kit's lifespan, error model, health endpoints, request ids and telemetry."""
 
@@ -281,6 +313,11 @@ def create_service_app(
             await relay.start()
         if on_startup is not None:
             await on_startup(ctx)  # before the consumers, so they apply events on prepared state
+        # Beyond the keyring: gateway assertions, Keycloak tokens, then the service's federated key verifier (set by
+        # on_startup), under one KeyVerifier so that HTTP routes and NATS responders accept the same credentials.
+        federated = ctx.key_verifier
+        bearer = _bearer_verifier(settings, federated)
+        ctx.key_verifier = bearer
         if consumers is not None:
             ctx.consumers = consumers(ctx)
             for consumer in ctx.consumers:
@@ -289,6 +326,8 @@ def create_service_app(
         try:
             yield {}
         finally:
+            ctx.key_verifier = federated  # the service closes what it made
+            await bearer.close()
             if on_shutdown is not None:
                 await on_shutdown(ctx)
             for consumer in ctx.consumers:
@@ -311,7 +350,7 @@ def create_service_app(
         response.headers["X-Request-Id"] = rid
         return response
 
-    app.include_router(_health_router(service))
+    app.include_router(_health_router(service, with_whoami=whoami))
     for router in routers or []:
         app.include_router(router)
     instrument_app(app)

@@ -66,6 +66,20 @@ class ServiceSettings(BaseSettings):
     outbox_retention_hours: float = Field(default=168.0, gt=0)
     consumer_max_deliver: int = Field(default=5, ge=1)
     consumer_ack_wait: float = Field(default=30.0, gt=0)
+    # Callers coming through the gateway (kit.auth.assertions, kit.auth.oidc; docs/GATEWAY.md).
+    assertion_public_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Ed25519 public keys (base64url, comma-separated) of the trusted gateways"
+    )
+    assertion_mode: Literal["accept", "require"] | None = Field(
+        default=None,
+        description=(
+            "require: federated API keys are refused unless they come through the gateway (as an assertion); "
+            "accept: they are also taken directly. Default: require in production, accept otherwise"
+        ),
+    )
+    oidc_issuer: str | None = Field(default=None, description="Keycloak realm whose access tokens are accepted")
+    oidc_audience: str = "maillage-api"
+    oidc_leeway_seconds: float = Field(default=30.0, ge=0, le=60)
 
     @field_validator("territories", mode="before")
     @classmethod
@@ -73,6 +87,19 @@ class ServiceSettings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("assertion_public_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def gateway_required(self) -> bool:
+        """Whether federated API keys must come through the gateway (see ``assertion_mode``)."""
+        mode = self.assertion_mode or ("require" if self.environment == "production" else "accept")
+        return mode == "require"
 
     @field_validator("territories")
     @classmethod

@@ -8,6 +8,7 @@ Loaded for the whole repository by ``-p kit.testing.plugin`` (pyproject). Fixtur
   installs them when absent);
 - ``database_url`` / ``database``: a fresh empty database, parametrised over SQLite (the embedded default) and
   PostgreSQL, so repository tests run on both;
+- ``keycloak_server``: one Keycloak (realm ``maillage``, docs/KEYCLOAK.md) per test session, started on first use;
 - ``span_exporter``: the in-memory exporter receiving every span of the process, cleared before each test;
 - ``metric_reader``: the in-memory reader of every metric of the process.
 """
@@ -29,6 +30,7 @@ from kit.db import Database
 from kit.messaging import Messaging
 from kit.nats_server import NatsServer
 from kit.telemetry import setup_telemetry
+from kit.testing.keycloak import KeycloakServer
 from kit.testing.postgres import PostgresServer
 
 __all__ = ["DATABASE_KINDS"]
@@ -86,6 +88,13 @@ def postgres_server() -> Iterator[PostgresServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def keycloak_server() -> Iterator[KeycloakServer]:
+    """A real Keycloak with the realm ``maillage`` imported, shared by the session (about 12 s to start)."""
+    with KeycloakServer() as server:
+        yield server
 
 
 def _database_name(request: pytest.FixtureRequest) -> str:
