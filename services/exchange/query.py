@@ -25,7 +25,7 @@ from contracts.grants import Grant
 from contracts.vocabularies import LegalBasis
 from exchange import audit, quotas
 from exchange.consent import ConsentSets, consent_filter
-from exchange.policy import DatasetInfo, Permission, Plan, PolicyError, plan
+from exchange.policy import DatasetInfo, Permission, Plan, PlanCache, PolicyError
 from exchange.policy.scans import SUBJECT_HASH_VERSION
 from exchange.sandbox import Attachment, SandboxError, SandboxPool
 from exchange.storage import Storage
@@ -81,6 +81,7 @@ class QueryEngine:
         consents: ConsentSets | None = None,
     ) -> None:
         self.consents = consents
+        self.plans = PlanCache()
         self.database = database
         self.storage = storage
         self.sandbox = sandbox
@@ -187,7 +188,7 @@ class QueryEngine:
                 permissions, chosen = self._permissions(principal, siren, published, agreement_id)
                 infos, attachments = self._datasets(siren, published)
                 consented = self._consent_filters(siren, chosen, infos, permissions)
-                checked: Plan = plan(
+                checked: Plan = self.plans.plan(
                     sql,
                     datasets={slug: infos[slug] for slug in permissions if slug in infos},
                     permissions={slug: p for slug, p in permissions.items() if slug in infos},

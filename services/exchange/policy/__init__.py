@@ -75,6 +75,7 @@ joins or long strings that only the worker's memory, time and process limits bou
 
 from __future__ import annotations
 
+from .cache import PlanCache
 from .engine import K_COLUMN, MAX_NODES, MAX_SCANS, MAX_SQL_LENGTH, RESERVED_PREFIX, plan
 from .errors import CODES, PolicyError
 from .model import DEFAULT_MAX_ROWS, DatasetInfo, Permission, Plan
@@ -90,6 +91,7 @@ __all__ = [
     "DatasetInfo",
     "Permission",
     "Plan",
+    "PlanCache",
     "PolicyError",
     "plan",
 ]
