@@ -317,14 +317,9 @@ def withdraw_by_subject(
     """Withdraw by identifier and purpose, as easily as consent was given."""
     _require(principal, territory)
     subject = _pseudonym(request, territory, body.subject_identifier)
-    record = session.exec(
-        select(ConsentRecord).where(
-            ConsentRecord.territory == territory,
-            ConsentRecord.subject == subject,
-            ConsentRecord.purpose == body.purpose,
-        )
-    ).first()
-    return _withdraw(record, request, principal, session, ctx, response)
+    return _withdraw(
+        records.find(session, territory, subject, body.purpose), request, principal, session, ctx, response
+    )
 
 
 @router.post("/records/{record_id}/renew")

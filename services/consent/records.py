@@ -32,6 +32,7 @@ __all__ = [
     "Processing",
     "announce",
     "expire_due",
+    "find",
     "give",
     "history",
     "publish_notice",
@@ -199,18 +200,31 @@ def publish_notice(
     return notice, expired, True
 
 
+def find(session: Session, territory: str, subject: str, purpose: str) -> ConsentRecord | None:
+    """The record of ``subject``'s consent for ``purpose`` (one per subject and purpose), if any."""
+    return session.exec(
+        select(ConsentRecord).where(
+            ConsentRecord.territory == territory, ConsentRecord.subject == subject, ConsentRecord.purpose == purpose
+        )
+    ).first()
+
+
+def _notice(session: Session, territory: str, ref: NoticeRef) -> Notice | None:
+    return session.exec(
+        select(Notice).where(
+            Notice.territory == territory,
+            Notice.notice_id == ref.id,
+            Notice.version == ref.version,
+            Notice.language == ref.language,
+        )
+    ).first()
+
+
 def give(
     session: Session, territory: str, subject: str, body: ConsentIn, *, actor: str, signer: ReceiptSigner, source: str
 ) -> Outcome:
     """Record a decision (given or refused); giving again what is active under the same notice is a no-op."""
-    notice = session.exec(
-        select(Notice).where(
-            Notice.territory == territory,
-            Notice.notice_id == body.notice.id,
-            Notice.version == body.notice.version,
-            Notice.language == body.notice.language,
-        )
-    ).first()
+    notice = _notice(session, territory, body.notice)
     if notice is None:
         raise Unprocessable(
             f"notice {body.notice.id} v{body.notice.version} ({body.notice.language}) is not published here",
@@ -221,13 +235,7 @@ def give(
     now = utcnow()
     if body.valid_until is not None and as_utc(body.valid_until) <= now:
         raise Unprocessable("valid_until is in the past", code="consent.already_expired")
-    record = session.exec(
-        select(ConsentRecord).where(
-            ConsentRecord.territory == territory,
-            ConsentRecord.subject == subject,
-            ConsentRecord.purpose == body.purpose,
-        )
-    ).first()
+    record = find(session, territory, subject, body.purpose)
     processing = body.processing.model_dump(mode="json")
     kind: ConsentEventKind = "given" if body.decision == "given" else "refused"
     if record is not None:
@@ -289,14 +297,7 @@ def renew(
     if record.state not in (ACTIVE, "expired"):
         raise Conflict(f"this consent is {record.state}: give it again instead", code="consent.not_renewable")
     if notice is not None:
-        found = session.exec(
-            select(Notice).where(
-                Notice.territory == record.territory,
-                Notice.notice_id == notice.id,
-                Notice.version == notice.version,
-                Notice.language == notice.language,
-            )
-        ).first()
+        found = _notice(session, record.territory, notice)
         if found is None or record.purpose not in found.purposes:
             raise Unprocessable(
                 "that notice version is not published here for this purpose", code="consent.unknown_notice"
