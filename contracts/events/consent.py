@@ -39,6 +39,10 @@ class ConsentChangedV1(Event):
     event: ConsentEventKind
     active: bool = Field(description="whether the subject may be computed on for this purpose after this event")
     valid_until: datetime | None = Field(default=None, description="when an active consent expires by itself")
+    recipients: list[str] = Field(
+        default_factory=list,
+        description="SIREN or SIRET of each recipient the consent names: only they may compute on the subject",
+    )
     at: datetime
 
     def subject(self) -> str:

@@ -84,7 +84,12 @@ class Processing(BaseModel):
 
     data_categories: list[str] = Field(min_length=1, max_length=20, examples=[["consommation d'eau mensuelle"]])
     controllers: list[str] = Field(min_length=1, max_length=10, description="SIREN or SIRET of each controller")
-    recipients: list[str] = Field(default_factory=list, max_length=50, description="SIRET of each partner named")
+    recipients: list[str] = Field(
+        default_factory=list,
+        max_length=50,
+        description="SIREN or SIRET of each recipient named (partners, neighbouring territories): only they may "
+        "compute on the subject's data under this consent",
+    )
     retention: str = Field(
         pattern=r"^P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?$",
         min_length=3,
@@ -104,7 +109,7 @@ class Processing(BaseModel):
     @field_validator("recipients")
     @classmethod
     def _recipients(cls, value: list[str]) -> list[str]:
-        return [validate_siret(v) for v in value]
+        return [validate_siren(v) if len(v) == 9 else validate_siret(v) for v in value]
 
 
 class ConsentIn(BaseModel):
@@ -412,6 +417,7 @@ def announce(
             event=kind,
             active=record.state == ACTIVE,
             valid_until=record.valid_until,
+            recipients=list(record.processing.get("recipients", [])),
             at=at or utcnow(),
         ),
         source=source,

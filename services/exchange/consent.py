@@ -3,11 +3,13 @@
 The consumer keeps one row per consent record (the highest event ``seq`` wins, so a late redelivery cannot undo a
 withdrawal). After each commit it rewrites the snapshot of the (territory, purpose) it touched: an immutable DuckDB
 file ``<data_dir>/territories/<siren>/consent/<purpose>/v<N>.duckdb`` with table ``subjects(s UBIGINT, valid_until
-TIMESTAMPTZ)`` — the 64-bit pseudonyms of the subjects whose consent is active — named by ``current.json``. A query
-under a consent-based grant attaches the current snapshot and gets, in every scan of the dataset, the filter::
+TIMESTAMPTZ, recipients VARCHAR[])`` — the 64-bit pseudonyms of the subjects whose consent is active, with the
+recipients it names — named by ``current.json``. A query under a consent-based grant attaches the current snapshot
+and gets, in every scan of the dataset, the filter::
 
     "__maillage_sh" IN (SELECT s FROM consent_<purpose>.main.subjects
-                        WHERE valid_until IS NULL OR valid_until > current_timestamp)
+                        WHERE (valid_until IS NULL OR valid_until > current_timestamp)
+                          AND list_contains(recipients, '<the grant's consumer>'))
 
 so a withdrawal applies to the first query after the event is processed (the snapshot is rewritten right after the
 event's transaction commits, before the event is acknowledged), and an expiry at its exact time even
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa  # type: ignore[import-untyped]
+from sqlalchemy import JSON, Column, inspect, text
 from sqlmodel import Field, Session, SQLModel, select
 
 from contracts import subjects as subject_names
@@ -56,15 +59,17 @@ class ConsentedSubject(SQLModel, table=True):
     active: bool
     valid_until: datetime | None = None
     seq: int
+    recipients: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"))
 
 
-def consent_filter(alias: str | None) -> str:
-    """The trusted predicate injected in every scan of a dataset read under a consent-based grant."""
-    if alias is None:
+def consent_filter(alias: str | None, consumer: str) -> str:
+    """The trusted predicate injected in every scan of a dataset read under a consent-based grant: subjects whose
+    consent is in force and names ``consumer`` (a validated SIREN or SIRET) among its recipients."""
+    if alias is None or not consumer.isdigit():
         return "FALSE"
     return (
         f'"__maillage_sh" IN (SELECT s FROM {alias}.main.subjects '
-        "WHERE valid_until IS NULL OR valid_until > current_timestamp)"
+        f"WHERE (valid_until IS NULL OR valid_until > current_timestamp) AND list_contains(recipients, '{consumer}'))"
     )
 
 
@@ -75,9 +80,20 @@ class ConsentSets:
         self.root = Path(root)
         self.database = database
         self.territories = set(territories)
+        self._add_recipients_column()
         self._lock = threading.RLock()
         self._stale: set[tuple[str, str]] = set()  # changed in the database, snapshot not rewritten yet
         self.rebuilt = 0  # snapshots written (for tests and metrics)
+
+    def _add_recipients_column(self) -> None:
+        """Databases created before consents named their recipients get the column (empty: such consents, given
+        before, name no recipient and count for nobody until renewed)."""
+        columns = {c["name"] for c in inspect(self.database.engine).get_columns(ConsentedSubject.__tablename__)}
+        if columns and "recipients" not in columns:
+            with self.database.engine.begin() as connection:
+                connection.execute(
+                    text("ALTER TABLE exchange_consent ADD COLUMN recipients JSON NOT NULL DEFAULT '[]'")
+                )
 
     # -- the consumer -----------------------------------------------------------------------------------------
 
@@ -110,7 +126,7 @@ class ConsentSets:
             seq=event.seq,
         )
         row.subject, row.active, row.seq = event.subject_pseudonym, event.active, event.seq
-        row.valid_until = event.valid_until
+        row.valid_until, row.recipients = event.valid_until, list(event.recipients)
         session.add(row)
         # After the commit (the database's write lock is not held while the file is written), before the consumer
         # acknowledges the event. A failed rebuild marks the pair stale: queries then rebuild or refuse.
@@ -152,16 +168,17 @@ class ConsentSets:
             tmp.unlink(missing_ok=True)
             table = pa.table(
                 {
-                    "s": pa.array([pseudonym64(s) for s, _ in rows], type=pa.uint64()),
+                    "s": pa.array([pseudonym64(s) for s, _, _ in rows], type=pa.uint64()),
                     "valid_until": pa.array(
-                        [as_utc(v) if v is not None else None for _, v in rows], type=pa.timestamp("us", tz="UTC")
+                        [as_utc(v) if v is not None else None for _, v, _ in rows], type=pa.timestamp("us", tz="UTC")
                     ),
+                    "recipients": pa.array([r for _, _, r in rows], type=pa.list_(pa.string())),
                 }
             )
             con = duckdb.connect(str(tmp))
             try:
                 con.register("snapshot", table)
-                con.execute("CREATE TABLE subjects AS SELECT s, valid_until FROM snapshot")
+                con.execute("CREATE TABLE subjects AS SELECT s, valid_until, recipients FROM snapshot")
             finally:
                 con.close()
             os.replace(tmp, path)
@@ -176,15 +193,15 @@ class ConsentSets:
                     old.unlink(missing_ok=True)
 
     @staticmethod
-    def _active(session: Session, territory: str, purpose: str) -> list[tuple[str, datetime | None]]:
+    def _active(session: Session, territory: str, purpose: str) -> list[tuple[str, datetime | None, list[str]]]:
         found = session.exec(
-            select(ConsentedSubject.subject, ConsentedSubject.valid_until).where(
+            select(ConsentedSubject).where(
                 ConsentedSubject.territory == territory,
                 ConsentedSubject.purpose == purpose,
                 ConsentedSubject.active == True,  # noqa: E712 - SQL
             )
         ).all()
-        return [(subject, valid_until) for subject, valid_until in found]
+        return [(row.subject, row.valid_until, list(row.recipients or [])) for row in found]
 
     def attachment(self, territory: str, purpose: str) -> Attachment | None:
         """The current snapshot of (territory, purpose) to attach to a query, or None when there is none.

@@ -171,7 +171,8 @@ class QueryEngine:
                 )
             snapshot = self.consents.attachment(siren, purpose) if self.consents is not None else None
             permissions[slug] = replace(
-                permissions[slug], consent_filter=consent_filter(snapshot.alias if snapshot else None)
+                permissions[slug],
+                consent_filter=consent_filter(snapshot.alias if snapshot else None, grant.terms.consumer),
             )
             if snapshot is not None:
                 attachments[slug] = snapshot

@@ -204,7 +204,9 @@ def publish_notice(fed: Federation, who: str = "steward") -> None:
     assert fed.consent.post(f"{CONSENT}/notices", json=notice, headers=fed.auth(who)).status_code == 201
 
 
-def decide(fed: Federation, meter: str, choice: str = "given", who: str = "steward") -> dict:
+def decide(
+    fed: Federation, meter: str, choice: str = "given", who: str = "steward", recipients: tuple[str, ...] = (PARTNER,)
+) -> dict:
     """A water-meter holder's decision on sharing their readings for research; the consent service's answer."""
     body = {
         "subject_identifier": meter,
@@ -214,7 +216,7 @@ def decide(fed: Federation, meter: str, choice: str = "given", who: str = "stewa
         "processing": {
             "data_categories": ["consommation d'eau mensuelle"],
             "controllers": [DIJON],
-            "recipients": [PARTNER],
+            "recipients": list(recipients),
             "retention": "P1Y",
             "storage_location": "FR",
             "jurisdiction": "FR",
@@ -381,6 +383,9 @@ def test_consent_based_agreement_computes_on_consented_subjects_only(federation:
         decide(fed, f"CPT-21166-{i:04d}")
     for i in (100, 101):
         decide(fed, f"CPT-21231-{i:04d}", "refused")
+    # Consents naming only another recipient (a neighbouring territory) do not count for the partner.
+    for i in (102, 103, 104):
+        decide(fed, f"CPT-21231-{i:04d}", recipients=("242500361",))
     eventually(lambda: released() == {"21231": 12 * 12}, "the consented subjects on the exchange")
 
     # One withdrawal: the next query after the event is processed counts 11 meters; two more put it below k.

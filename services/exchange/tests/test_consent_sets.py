@@ -15,10 +15,12 @@ from kit.pseudonyms import pseudonym, pseudonym64, territory_key
 
 DIJON, BESANCON = "242100410", "242500361"
 RESEARCH = "https://w3id.org/dpv#ScientificResearch"
+PARTNER, OTHER = "73282932000074", "242500361"
 KEY = territory_key("test pseudonym secret, not a real one", DIJON)
 
 
 def change(record: str, seq: int, active: bool, meter: str, territory: str = DIJON, **extra: object) -> Envelope:
+    extra.setdefault("recipients", [PARTNER])
     event = ConsentChangedV1(
         territory=territory,
         record_id=record,
@@ -33,14 +35,16 @@ def change(record: str, seq: int, active: bool, meter: str, territory: str = DIJ
     return Envelope(source="test", type=event.cloud_type(), data=event.to_data())
 
 
-def snapshot(sets: ConsentSets) -> set[int]:
+def snapshot(sets: ConsentSets, consumer: str = PARTNER) -> set[int]:
     attachment = sets.attachment(DIJON, RESEARCH)
     assert attachment is not None and attachment.alias == "consent_scientificresearch"
     con = duckdb.connect()
     try:
         con.execute(f"ATTACH '{attachment.path}' AS c (READ_ONLY)")
-        filtered = consent_filter("c").replace('"__maillage_sh" IN ', "")
-        return {row[0] for row in con.execute(filtered.strip("()")).fetchall()}
+        # The filter as the scans inject it, over every subject the snapshot knows.
+        rows = 'SELECT s AS "__maillage_sh" FROM c.main.subjects'
+        query = f'SELECT "__maillage_sh" FROM ({rows}) WHERE {consent_filter("c", consumer)}'
+        return {row[0] for row in con.execute(query).fetchall()}
     finally:
         con.close()
 
@@ -52,10 +56,14 @@ def apply(sets: ConsentSets, database: Database, envelope: Envelope) -> None:
 
 def test_latest_event_wins_and_snapshots_follow(database: Database, tmp_path: Path) -> None:
     sets = ConsentSets(tmp_path, database, [DIJON])
-    assert sets.attachment(DIJON, RESEARCH) is None and consent_filter(None) == "FALSE"
+    assert sets.attachment(DIJON, RESEARCH) is None and consent_filter(None, PARTNER) == "FALSE"
     apply(sets, database, change("r1", 1, True, "CPT-1"))
     apply(sets, database, change("r2", 1, True, "CPT-2"))
     assert snapshot(sets) == {pseudonym64(pseudonym(KEY, "CPT-1")), pseudonym64(pseudonym(KEY, "CPT-2"))}
+    # A consent naming only another recipient counts for that one, not for the partner.
+    apply(sets, database, change("r5", 1, True, "CPT-5", recipients=[OTHER]))
+    assert pseudonym64(pseudonym(KEY, "CPT-5")) not in snapshot(sets)
+    assert snapshot(sets, OTHER) == {pseudonym64(pseudonym(KEY, "CPT-5"))}
     apply(sets, database, change("r1", 2, False, "CPT-1"))
     apply(sets, database, change("r1", 1, True, "CPT-1"))  # a late redelivery of the older event: ignored
     assert snapshot(sets) == {pseudonym64(pseudonym(KEY, "CPT-2"))}
@@ -72,3 +80,26 @@ def test_latest_event_wins_and_snapshots_follow(database: Database, tmp_path: Pa
     assert sets.attachment(DIJON, RESEARCH) is None
     assert sets.rebuild_all() == 1 and snapshot(sets) == {pseudonym64(pseudonym(KEY, "CPT-2"))}
     assert len(list(sets.directory(DIJON, RESEARCH).glob("v*.duckdb"))) <= 3
+
+
+def test_a_database_from_before_recipients_gets_the_column(database: Database, tmp_path: Path) -> None:
+    from sqlalchemy import inspect, text
+
+    with database.engine.begin() as connection:
+        connection.execute(text("DROP TABLE exchange_consent"))
+        connection.execute(
+            text(
+                "CREATE TABLE exchange_consent (record_id VARCHAR(64) PRIMARY KEY, territory VARCHAR(9), "
+                "purpose VARCHAR(200), subject VARCHAR(64), active BOOLEAN, valid_until TIMESTAMP, seq INTEGER)"
+            )
+        )
+        connection.execute(
+            text("INSERT INTO exchange_consent VALUES ('old', :t, :p, :s, TRUE, NULL, 1)"),
+            {"t": DIJON, "p": RESEARCH, "s": pseudonym(KEY, "CPT-9")},
+        )
+    sets = ConsentSets(tmp_path, database, [DIJON])
+    assert "recipients" in {c["name"] for c in inspect(database.engine).get_columns("exchange_consent")}
+    # Consents recorded before recipients were carried name nobody: they count for no partner until renewed.
+    assert sets.rebuild_all() == 1 and snapshot(sets) == set()
+    apply(sets, database, change("old", 2, True, "CPT-9"))
+    assert snapshot(sets) == {pseudonym64(pseudonym(KEY, "CPT-9"))}
