@@ -1,4 +1,5 @@
-"""Data for the demo's datasets: the real Eco-Compteur measures for bike counters, and generated water readings."""
+"""Data for the demo's datasets: the real Eco-Compteur measures for bike counters, generated water readings, and the
+consents of one household in three to research on their readings (naming the demo partner)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ import httpx
 
 from maillage.bootstrap import BootstrapKey
 from maillage.federation import Federation
+from maillage.partner import DEMO_PARTNER_SIRET
 
-__all__ = ["ingest_demo_data", "water_readings"]
+__all__ = ["DEMO_METERS", "consenting_meters", "ingest_demo_data", "water_readings"]
+
+DEMO_METERS = 400
+RESEARCH = "https://w3id.org/dpv#ScientificResearch"
 
 MEASURES = (
     Path(__file__).resolve().parents[2]
@@ -25,7 +30,16 @@ MEASURES = (
 )
 
 
-def water_readings(siren: str, communes: list[str], meters: int = 400, months: int = 24) -> bytes:
+def meter_id(siren: str, meter: int) -> str:
+    return f"CPT-{siren[-4:]}-{meter:05d}"
+
+
+def consenting_meters(siren: str) -> list[str]:
+    """The demo's households that consent to research on their readings: one meter in three."""
+    return [meter_id(siren, meter) for meter in range(0, DEMO_METERS, 3)]
+
+
+def water_readings(siren: str, communes: list[str], meters: int = DEMO_METERS, months: int = 24) -> bytes:
     """Monthly readings of ``meters`` household meters spread over the territory's communes (deterministic)."""
     rng = random.Random(int(siren))
     out = io.StringIO()
@@ -39,9 +53,7 @@ def water_readings(siren: str, communes: list[str], meters: int = 400, months: i
         for month in range(months):
             year, month_of_year = 2023 + month // 12, month % 12 + 1
             volume = max(0.5, rng.gauss(3.2 * size, 1.5))
-            writer.writerow(
-                [f"CPT-{siren[-4:]}-{meter:05d}", commune, f"{year}-{month_of_year:02d}-01", round(volume, 2), size]
-            )
+            writer.writerow([meter_id(siren, meter), commune, f"{year}-{month_of_year:02d}-01", round(volume, 2), size])
     return out.getvalue().encode("utf-8")
 
 
@@ -91,4 +103,47 @@ def ingest_demo_data(federation: Federation, keys: list[BootstrapKey], *, timeou
                     problem = _upload(client, f"{base}/datasets/{slug}/data?mode=replace", body, headers, timeout)
                     if problem is not None:
                         problems.append(f"{siren}/{slug}: {problem}")
+                problem = _seed_consents(client, node.urls.consent, siren, {"Authorization": f"Bearer {secret}"})
+                if problem is not None:
+                    problems.append(f"{siren} consents: {problem}")
     return problems
+
+
+def _seed_consents(client: httpx.Client, consent_url: str, siren: str, headers: dict[str, str]) -> str | None:
+    """A research notice and the consents of one household in three, naming the demo partner (once)."""
+    base = f"{consent_url}/v1/territories/{siren}/consent"
+    try:
+        listing = client.get(f"{base}/notices", headers=headers)
+        listing.raise_for_status()
+        if listing.json():
+            return None  # seeded by an earlier start
+        notice = {
+            "notice_id": "releves-eau-recherche",
+            "version": 1,
+            "language": "fr",
+            "title": "Partager vos relevés d'eau avec la recherche",
+            "text": "Votre collectivité propose de partager vos relevés mensuels de consommation d'eau, sous forme "
+            "agrégée uniquement, avec des équipes de recherche nommées. Vous pouvez retirer votre accord à tout "
+            "moment, aussi simplement que vous l'avez donné.",
+            "purposes": [RESEARCH],
+        }
+        client.post(f"{base}/notices", json=notice, headers=headers).raise_for_status()
+        for meter in consenting_meters(siren):
+            decision = {
+                "subject_identifier": meter,
+                "purpose": RESEARCH,
+                "notice": {"id": "releves-eau-recherche", "version": 1, "language": "fr"},
+                "processing": {
+                    "data_categories": ["consommation d'eau mensuelle", "taille du foyer"],
+                    "controllers": [siren],
+                    "recipients": [DEMO_PARTNER_SIRET],
+                    "retention": "P2Y",
+                    "storage_location": "FR",
+                    "jurisdiction": "FR",
+                    "withdrawal_method": "espace citoyen de la collectivité, ou au guichet",
+                },
+            }
+            client.post(f"{base}/records", json=decision, headers=headers).raise_for_status()
+    except (httpx.HTTPError, ValueError) as exc:
+        return str(exc)[:200]
+    return None

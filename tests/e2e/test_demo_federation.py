@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from maillage.bootstrap import read_keys_file
+from maillage.demo_data import consenting_meters
 from maillage.federation import service_instances
 from maillage.testing import UpProcess, launch_up
 
@@ -113,6 +114,15 @@ def test_demo_federation_end_to_end(demo: UpProcess):
         return response.status_code == 200 and len(response.json()) >= 1
 
     eventually(answered, "the partner's query on Dijon's exchange (demo data loaded, grant seen)")
+    # One household in three consented to research on its readings, naming the demo partner.
+    consent = instances["dijon-consent"].url
+    steward = {"Authorization": f"Bearer {keys[f'steward-{DIJON}']}"}
+    assert len(client.get(f"{consent}/v1/territories/{DIJON}/consent/notices", headers=steward).json()) == 1
+    meter = consenting_meters(DIJON)[1]
+    state = client.post(
+        f"{consent}/v1/territories/{DIJON}/consent/subjects/lookup", json={"subject_identifier": meter}, headers=steward
+    ).json()
+    assert state["purposes"]["https://w3id.org/dpv#ScientificResearch"]["state"] == "active"
     whoami = client.get(f"{catalogs[0]}/v1/whoami", headers={"Authorization": f"Bearer {keys[f'steward-{DIJON}']}"})
     assert whoami.status_code == 200
     assert whoami.json()["territory_roles"] == {DIJON: ["steward"]}
