@@ -8,6 +8,7 @@ the exact normalised SQL proves which query it was.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -100,8 +101,12 @@ def record_hash(record: AuditRecord) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+@functools.lru_cache(maxsize=1024)
 def mask_literals(sql: str) -> tuple[str, str]:
-    """(SQL with every literal replaced by ``?``, SHA-256 of the normalised SQL); unparseable SQL is not kept."""
+    """(SQL with every literal replaced by ``?``, SHA-256 of the normalised SQL); unparseable SQL is not kept.
+
+    Kept for the queries that come again (a pure function of the text; the literals it drops never stay in memory
+    longer than the query text itself would in the plan cache)."""
     try:
         tree = sqlglot.parse_one(sql, read="duckdb")
     except Exception:  # noqa: BLE001 - hostile input: keep only its hash
