@@ -95,8 +95,25 @@ def subject_request(
             return {"request_id": request.request_id, "datasets": {s: n for s, n in counts.items() if n}}
         if request.dataset not in keyed:
             return {"request_id": request.request_id, "dataset": request.dataset, "rows": [], "total": 0}
+        started = time.perf_counter()
         rows, total = subject_rows(
             storage, siren, request.dataset, request.subject_pseudonym, request.offset, request.limit
+        )
+        # Rows about a person leave the exchange: audited like any query (never naming the subject).
+        audit.append(
+            database,
+            territory=siren,
+            principal=principal.subject,
+            organisation=siren,
+            agreement_id=None,
+            purpose=None,
+            datasets=[request.dataset],
+            sql=f'SELECT * FROM "{request.dataset}" WHERE <data subject of request {request.request_id}>',
+            decision="accepted",
+            reason="subject.access",
+            rows_out=len(rows),
+            duration_ms=(time.perf_counter() - started) * 1000,
+            source=source,
         )
         return {
             "request_id": request.request_id,

@@ -455,6 +455,7 @@ def test_data_subject_access_and_erasure_then_retention(federation: Federation):
     )
     assert again.status_code == 404  # nothing is held any more
     log = fed.exchange.get(f"/v1/territories/{DIJON}/audit", headers=fed.auth("dpo")).json()
+    assert [r["rows_out"] for r in log if r["reason"] == "subject.access"] == [12]  # the access request's rows
     erased = [r for r in log if r["reason"] == "subject.erasure"]
     assert len(erased) == 1 and erased[0]["rows_out"] == 12 and meter not in json.dumps(log)
 
