@@ -4,11 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
+# make demo KEYCLOAK=1: the demo with a real Keycloak (maillage up --keycloak).
+KEYCLOAK ?=
 
 .PHONY: help install demo test test-unit lint format contracts contracts-check bench lock clean
 
 help:
 	@echo "make demo       run the embedded federation (nats-server, registry, gateway, 3 nodes, 4 territories)"
+	@echo "                KEYCLOAK=1 adds a real Keycloak whose tokens every service accepts"
 	@echo "make test       install what the tests need (venv, PostgreSQL) and run every test against real services"
 	@echo "make lint       ruff and mypy"
 	@echo "make contracts  regenerate contracts/asyncapi.yaml, JSON Schemas and OpenAPI documents"
@@ -23,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/maillage up $(ARGS)
+	$(BIN)/maillage up $(if $(filter 1 yes true,$(KEYCLOAK)),--keycloak) $(ARGS)
 
 test: $(STAMP)
 	bash scripts/ensure-postgres.sh

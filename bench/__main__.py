@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import catalog_propagation, catalog_search, consent, ingestion, messaging, query, registry
+from bench import catalog_propagation, catalog_search, consent, gateway, ingestion, messaging, query, registry
 from bench.report import Result, write_section
 
 BENCHMARKS: dict[str, Callable[[], Result]] = {
@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, Callable[[], Result]] = {
     "ingestion": ingestion.run,
     "query": query.run,
     "consent": consent.run,
+    "gateway": gateway.run,
 }
 
 

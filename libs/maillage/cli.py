@@ -15,6 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from kit.nats_server import NatsServer
+from kit.process import free_port
+from kit.testing.keycloak import KeycloakServerError
 from maillage.archive_cli import export_command, import_command
 from maillage.bootstrap import (
     BootstrapKey,
@@ -42,6 +44,8 @@ from maillage.federation import (
     service_instances,
 )
 from maillage.ingest_cli import ingest as ingest_command
+from maillage.keycloak_demo import KEYCLOAK_PORT_OFFSET, DemoKeycloak
+from maillage.keycloak_sync import keycloak_sync_command
 from maillage.partner import DEMO_PARTNER_NAME, ensure_demo_partner
 from maillage.supervisor import Supervisor, service_specs
 
@@ -96,6 +100,17 @@ def up(
         ),
     ] = None,
     ready_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds each process has to become ready.")] = 60.0,
+    keycloak: Annotated[
+        bool,
+        typer.Option(
+            "--keycloak",
+            help="Also run Keycloak (realm maillage, test users) and make every service accept its tokens.",
+        ),
+    ] = False,
+    keycloak_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help=f"Keycloak's port. Default: the gateway's + {KEYCLOAK_PORT_OFFSET}."),
+    ] = None,
 ) -> None:
     """Start nats-server, the registry, the gateway and three nodes for four real territories; Ctrl-C stops all."""
     console = _console()
@@ -111,7 +126,13 @@ def up(
 
     try:
         with locked(root):
-            busy = _busy_ports(port_map)
+            if keycloak:
+                kc_port = keycloak_port or (
+                    free_port() if mode == "auto" else port_map["gateway"] + KEYCLOAK_PORT_OFFSET
+                )
+                busy = _busy_ports({**port_map, "keycloak": kc_port})
+            else:
+                busy = _busy_ports(port_map)
             if busy:
                 listed = ", ".join(f"{port} ({name})" for name, port in busy)
                 raise _fail(
@@ -127,8 +148,23 @@ def up(
                 console.print(f"Resuming the federation saved in {root.root}.")
             nats = NatsServer(store_dir=root.nats_store, port=port_map["nats"], log_file=root.log_file("nats"))
             credential = ensure_service_credential(root)
+            demo_keycloak: DemoKeycloak | None = None
+            if keycloak:
+                try:
+                    with console.status("Preparing Keycloak (scripts/ensure-keycloak.sh)..."):
+                        demo_keycloak = DemoKeycloak.prepare(root, kc_port)
+                except KeycloakServerError as exc:
+                    raise _fail(console, f"Keycloak could not be prepared: {exc}") from None
+            specs = service_specs(
+                federation,
+                root,
+                service_credential=credential,
+                oidc_issuer=demo_keycloak.issuer if demo_keycloak is not None else None,
+            )
+            if demo_keycloak is not None:
+                specs.insert(0, demo_keycloak.spec(root))
             supervisor = Supervisor(
-                service_specs(federation, root, service_credential=credential),
+                specs,
                 nats,
                 console,
                 ready_timeout=ready_timeout,
@@ -143,8 +179,16 @@ def up(
                     for problem in ingest_demo_data(federation, keys):
                         console.print(f"[yellow]Demo data not loaded: {problem}[/]", soft_wrap=True)
                 _print_federation(console, federation, root, keys, issued)
+                if demo_keycloak is not None:
+                    with console.status("Synchronising Keycloak with the registry..."):
+                        report = demo_keycloak.sync(federation, keys)
+                    demo_keycloak.print_summary(console, federation, report)
 
-            code = supervisor.run(on_ready=on_ready)
+            try:
+                code = supervisor.run(on_ready=on_ready)
+            finally:
+                if demo_keycloak is not None:
+                    demo_keycloak.cleanup()
     except DataDirError as exc:
         raise _fail(console, str(exc)) from None
     raise typer.Exit(code)
@@ -209,6 +253,7 @@ def contracts(
 app.command("ingest")(ingest_command)
 app.command("export")(export_command)
 app.command("import")(import_command)
+app.command("keycloak-sync")(keycloak_sync_command)
 
 
 def main() -> None:

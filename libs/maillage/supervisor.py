@@ -69,8 +69,12 @@ def service_environment(
     data_dir: DataDir,
     base_env: Mapping[str, str],
     service_credential: str | None = None,
+    oidc_issuer: str | None = None,
 ) -> dict[str, str]:
-    """The environment of one service: ``base_env`` plus its ``MAILLAGE_<SERVICE>_*`` settings."""
+    """The environment of one service: ``base_env`` plus its ``MAILLAGE_<SERVICE>_*`` settings.
+
+    ``oidc_issuer`` (the Keycloak realm of ``maillage up --keycloak``) makes every service accept its tokens.
+    """
     settings = {
         "HOST": HOST,
         "PORT": str(instance.port),
@@ -96,6 +100,10 @@ def service_environment(
         settings["FEDERATION_FILE"] = str(data_dir.federation_file)
     if instance.service == "gateway":
         settings["REGISTRY_URL"] = federation.registry_url
+        if service_credential is not None:
+            settings["REGISTRY_KEY"] = service_credential  # federated API keys are verified at the gateway
+    if oidc_issuer is not None:
+        settings["OIDC_ISSUER"] = oidc_issuer
     prefix = f"MAILLAGE_{instance.service.upper()}_"
     env = dict(base_env)
     env.update({prefix + key: value for key, value in settings.items()})
@@ -123,6 +131,7 @@ def service_specs(
     data_dir: DataDir,
     base_env: Mapping[str, str] = os.environ,
     service_credential: str | None = None,
+    oidc_issuer: str | None = None,
 ) -> list[ServiceSpec]:
     """The spec of every service instance of ``federation``."""
     waves = {"registry": 0, "catalog": 1, "exchange": 1, "consent": 1, "gateway": 2}
@@ -136,6 +145,7 @@ def service_specs(
                 data_dir=data_dir,
                 base_env=base_env,
                 service_credential=service_credential,
+                oidc_issuer=oidc_issuer,
             ),
             log_file=data_dir.log_file(instance.name),
             ready_url=f"{instance.url}/readyz",

@@ -172,6 +172,7 @@ class KeycloakServer:
         base_dir: Path | None = None,
         max_heap: str = "768m",
         env: Mapping[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
         self._requested_version = version
         self._cache_dir = cache_dir
@@ -181,6 +182,7 @@ class KeycloakServer:
         self._extra_env = dict(env or {})
         self._kc_sh: Path | None = None
         self._base: Path | None = None
+        self._fixed_port = port
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._admin = AdminCredentials("admin", secrets.token_urlsafe(18))
@@ -277,6 +279,30 @@ class KeycloakServer:
             self.stop()
             raise
         return self
+
+    def prepare(self) -> list[str]:
+        """Obtain the distribution and make the Keycloak home, without starting it: the command line to run (with
+        :meth:`child_env`) under another supervisor (``maillage up --keycloak``); :meth:`cleanup` afterwards."""
+        self._kc_sh = ensure_keycloak(version=self._requested_version, cache_dir=self._cache_dir)
+        try:
+            self._make_home()
+        except BaseException:
+            self.stop()
+            raise
+        self._port = self._fixed_port or free_port(self.host)
+        return self._command()
+
+    def child_env(self) -> dict[str, str]:
+        """The environment Keycloak runs with (bootstrap admin, heap, realm secrets); holds the admin password."""
+        return self._child_env()
+
+    @property
+    def discovery_url(self) -> str:
+        return f"{self.issuer}/.well-known/openid-configuration"
+
+    def cleanup(self) -> None:
+        """Delete the temp dir of a :meth:`prepare`d server once its process is gone."""
+        self.stop()
 
     def stop(self, *, timeout: float = 20.0) -> None:
         """SIGTERM to the process group (graceful shutdown), SIGKILL after ``timeout``; then delete the temp dir."""
@@ -392,8 +418,8 @@ class KeycloakServer:
     def _launch(self, *, timeout: float) -> None:
         # free_port() can race with another process taking the port before Keycloak binds it: retry on a new one.
         last_error: KeycloakServerError | None = None
-        for _ in range(3):
-            self._port = free_port(self.host)
+        for _ in range(1 if self._fixed_port else 3):
+            self._port = self._fixed_port or free_port(self.host)
             try:
                 self._spawn_and_wait(timeout=timeout)
                 return
@@ -404,8 +430,8 @@ class KeycloakServer:
         assert last_error is not None
         raise last_error
 
-    def _spawn_and_wait(self, *, timeout: float) -> None:
-        args = [
+    def _command(self) -> list[str]:
+        return [
             str(self._require_kc_sh()),
             f"-Dkc.home.dir={self.home_dir}",
             "start-dev",
@@ -415,10 +441,13 @@ class KeycloakServer:
             f"--hostname={self.url}",
             "--import-realm",
         ]
+
+    def _spawn_and_wait(self, *, timeout: float) -> None:
+        args = self._command()
         started = time.monotonic()
         with open(self.log_file, "ab") as log:
             self._proc = spawn(args, env=self._child_env(), cwd=self.base_dir, stdout=log)
-        discovery = f"{self.issuer}/.well-known/openid-configuration"
+        discovery = self.discovery_url
         deadline = started + timeout
         with httpx.Client(timeout=2.0) as client:
             while True:

@@ -8,6 +8,7 @@ import pytest
 
 from maillage.bootstrap import DataDir
 from maillage.federation import Federation, build_federation, fixed_ports, load_territories, service_instances
+from maillage.keycloak_demo import DemoKeycloak
 from maillage.supervisor import (
     SERVICE_COMMAND_OVERRIDE_ENV,
     RestartBackoff,
@@ -81,3 +82,40 @@ def test_restart_backoff_doubles_up_to_thirty_seconds() -> None:
     assert delays == [1, 2, 4, 8, 16, 30, 30]
     assert backoff.due_at == 130.0
     assert not backoff.is_due(129.9) and backoff.is_due(130.0)
+
+
+def test_keycloak_issuer_reaches_every_service_and_the_gateway_verifies_keys(
+    federation: Federation, tmp_path: Path
+) -> None:
+    issuer = "http://127.0.0.1:8080/realms/maillage"
+    specs = service_specs(
+        federation, DataDir(tmp_path), base_env={}, service_credential="mlg_svc_x", oidc_issuer=issuer
+    )
+    for spec in specs:
+        service = spec.name.rsplit("-", 1)[-1].upper()
+        assert spec.env[f"MAILLAGE_{service}_OIDC_ISSUER"] == issuer, spec.name
+    gateway = next(spec for spec in specs if spec.name == "gateway")
+    assert gateway.env["MAILLAGE_GATEWAY_REGISTRY_KEY"] == "mlg_svc_x"
+    without = service_specs(federation, DataDir(tmp_path), base_env={})
+    assert not any(key.endswith("_OIDC_ISSUER") for spec in without for key in spec.env)
+
+
+@pytest.mark.integration  # obtains the Keycloak distribution (scripts/ensure-keycloak.sh)
+def test_demo_keycloak_is_a_supervised_process_of_the_first_wave(tmp_path: Path) -> None:
+    data_dir = DataDir(tmp_path)
+    demo = DemoKeycloak.prepare(data_dir, port=18080)  # obtains Keycloak, starts nothing
+    try:
+        spec = demo.spec(data_dir)
+        assert spec.name == "keycloak" and spec.wave == 0
+        assert spec.args[0].endswith("/bin/kc.sh") and "start-dev" in spec.args and "--import-realm" in spec.args
+        assert "--http-port=18080" in spec.args and "--hostname=http://127.0.0.1:18080" in spec.args
+        assert spec.ready_url == "http://127.0.0.1:18080/realms/maillage/.well-known/openid-configuration"
+        assert demo.issuer == "http://127.0.0.1:18080/realms/maillage"
+        assert spec.log_file == data_dir.log_file("keycloak")
+        assert spec.env["KC_BOOTSTRAP_ADMIN_PASSWORD"] == demo.server.admin_credentials.password
+        home = Path(next(a for a in spec.args if a.startswith("-Dkc.home.dir=")).split("=", 1)[1])
+        assert (home / "data" / "import" / "maillage-realm.json").is_file()
+        assert home.is_relative_to(tmp_path / "keycloak")
+    finally:
+        demo.cleanup()
+    assert not list((tmp_path / "keycloak").glob("maillage-kc-*"))
