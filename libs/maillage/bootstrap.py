@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ValidationError
 
 from kit.auth import AuthMethod, Keyring, KeyringEntry, Principal, Role, issue_key
+from kit.auth.assertions import generate_signing_key, public_key_of
 from maillage.federation import Federation
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "load_federation",
     "load_or_issue_keys",
     "locked",
+    "ensure_assertion_key",
     "read_keys_file",
     "save_federation",
     "write_keys_file",
@@ -217,6 +219,29 @@ def load_or_issue_keys(data_dir: DataDir, sirens: Sequence[str]) -> tuple[list[B
 
 
 SERVICE_LABEL = "service-key-verifier"
+ASSERTION_KEY_FILE = "gateway-assertion.key"
+
+
+def ensure_assertion_key(data_dir: DataDir) -> str:
+    """The gateway's Ed25519 key signing principal assertions to the services (base64url), made once.
+
+    Kept in ``gateway-assertion.key`` (0600); the services are given its public half.
+    """
+    path = data_dir.root / ASSERTION_KEY_FILE
+    if path.exists():
+        key = path.read_text(encoding="utf-8").strip()
+        try:
+            public_key_of(key)
+            return key
+        except ValueError:
+            pass  # unreadable: replaced below
+    key = generate_signing_key()
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(key + "\n")
+    os.replace(tmp, path)
+    return key
 
 
 def ensure_service_credential(data_dir: DataDir) -> str:

@@ -22,6 +22,7 @@ from maillage.bootstrap import (
     BootstrapKey,
     DataDir,
     DataDirError,
+    ensure_assertion_key,
     ensure_service_credential,
     load_federation,
     load_or_issue_keys,
@@ -160,6 +161,7 @@ def up(
                 root,
                 service_credential=credential,
                 oidc_issuer=demo_keycloak.issuer if demo_keycloak is not None else None,
+                assertion_key=ensure_assertion_key(root),
             )
             if demo_keycloak is not None:
                 specs.insert(0, demo_keycloak.spec(root))

@@ -26,6 +26,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from kit.auth.assertions import public_key_of
 from kit.nats_server import NatsServer, NatsServerError
 from kit.process import spawn
 from maillage.bootstrap import DataDir
@@ -70,10 +71,12 @@ def service_environment(
     base_env: Mapping[str, str],
     service_credential: str | None = None,
     oidc_issuer: str | None = None,
+    assertion_key: str | None = None,
 ) -> dict[str, str]:
     """The environment of one service: ``base_env`` plus its ``MAILLAGE_<SERVICE>_*`` settings.
 
-    ``oidc_issuer`` (the Keycloak realm of ``maillage up --keycloak``) makes every service accept its tokens.
+    ``oidc_issuer`` (the Keycloak realm of ``maillage up --keycloak``) makes every service accept its tokens;
+    ``assertion_key`` makes the gateway sign principal assertions and every other service accept them.
     """
     settings = {
         "HOST": HOST,
@@ -104,6 +107,11 @@ def service_environment(
             settings["REGISTRY_KEY"] = service_credential  # federated API keys are verified at the gateway
     if oidc_issuer is not None:
         settings["OIDC_ISSUER"] = oidc_issuer
+    if assertion_key is not None:
+        if instance.service == "gateway":
+            settings["ASSERTION_SIGNING_KEY"] = assertion_key
+        else:
+            settings["ASSERTION_PUBLIC_KEYS"] = public_key_of(assertion_key)
     prefix = f"MAILLAGE_{instance.service.upper()}_"
     env = dict(base_env)
     env.update({prefix + key: value for key, value in settings.items()})
@@ -132,6 +140,7 @@ def service_specs(
     base_env: Mapping[str, str] = os.environ,
     service_credential: str | None = None,
     oidc_issuer: str | None = None,
+    assertion_key: str | None = None,
 ) -> list[ServiceSpec]:
     """The spec of every service instance of ``federation``."""
     waves = {"registry": 0, "catalog": 1, "exchange": 1, "consent": 1, "gateway": 2}
@@ -146,6 +155,7 @@ def service_specs(
                 base_env=base_env,
                 service_credential=service_credential,
                 oidc_issuer=oidc_issuer,
+                assertion_key=assertion_key,
             ),
             log_file=data_dir.log_file(instance.name),
             ready_url=f"{instance.url}/readyz",

@@ -119,3 +119,27 @@ def test_demo_keycloak_is_a_supervised_process_of_the_first_wave(tmp_path: Path)
     finally:
         demo.cleanup()
     assert not list((tmp_path / "keycloak").glob("maillage-kc-*"))
+
+
+def test_the_gateway_signs_assertions_that_every_service_accepts(federation: Federation, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from kit.auth.assertions import AssertionSigner, AssertionVerifier
+    from kit.auth.principal import AuthMethod, Principal
+    from maillage.bootstrap import ensure_assertion_key
+
+    data_dir = DataDir(tmp_path)
+    key = ensure_assertion_key(data_dir)
+    assert ensure_assertion_key(data_dir) == key  # kept: a restarted demo keeps trusting its gateway
+    assert stat.S_IMODE(os.stat(tmp_path / "gateway-assertion.key").st_mode) == 0o600
+    specs = service_specs(federation, data_dir, base_env={}, assertion_key=key)
+    gateway = next(spec for spec in specs if spec.name == "gateway")
+    assert gateway.env["MAILLAGE_GATEWAY_ASSERTION_SIGNING_KEY"] == key
+    public = {spec.env[k] for spec in specs for k in spec.env if k.endswith("_ASSERTION_PUBLIC_KEYS")}
+    assert len(public) == 1 and len([s for s in specs if s.name != "gateway"]) == sum(
+        1 for spec in specs for k in spec.env if k.endswith("_ASSERTION_PUBLIC_KEYS")
+    )
+    principal = Principal(subject="steward-dijon", auth_method=AuthMethod.BOOTSTRAP_KEY)
+    assertion = AssertionSigner(key).sign(principal)
+    assert AssertionVerifier(list(public)).verify(assertion).subject == "steward-dijon"
