@@ -5,7 +5,7 @@ names the key (``kid``); the territory's public keys are published as a JWKS (``
 /v1/territories/{siren}/consent/keys``), so anyone holding a receipt checks it without calling the service::
 
     from consent.receipts import verify
-    payload = verify(jws, jwks)  # raises InvalidReceipt with a reason
+    payload = verify(receipt, jwks)  # raises InvalidReceipt with a reason
 
 Keys: the territory's Ed25519 private key is derived from the service's secret key (HMAC-SHA256 of
 "maillage/receipts/v1/<siren>"), so it survives restarts without a key file; rotating the secret rotates the keys
@@ -14,16 +14,15 @@ Keys: the territory's Ed25519 private key is derived from the service's secret k
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from kit import jws
 
 __all__ = ["InvalidReceipt", "ReceiptSigner", "TYPE", "verify"]
 
@@ -37,17 +36,6 @@ class InvalidReceipt(ValueError):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (ValueError, TypeError) as exc:
-        raise InvalidReceipt("receipt.malformed", "a part is not base64url") from exc
 
 
 @dataclass(frozen=True)
@@ -74,34 +62,23 @@ class ReceiptSigner:
         return {
             "kty": "OKP",
             "crv": "Ed25519",
-            "x": _b64(self.public_bytes),
+            "x": jws.b64url(self.public_bytes),
             "kid": self.kid,
             "use": "sig",
             "alg": "EdDSA",
         }
 
     def sign(self, payload: dict[str, Any]) -> str:
-        header = {"alg": "EdDSA", "kid": self.kid, "typ": TYPE}
-        signing_input = (
-            _b64(json.dumps(header, separators=(",", ":")).encode())
-            + "."
-            + _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode())
-        )
-        return signing_input + "." + _b64(self.private_key.sign(signing_input.encode("ascii")))
+        return jws.sign(self.private_key, {"alg": "EdDSA", "kid": self.kid, "typ": TYPE}, payload, canonical=True)
 
 
-def verify(jws: str, jwks: dict[str, Any]) -> dict[str, Any]:
-    """The payload of ``jws`` if a key of ``jwks`` signed it; InvalidReceipt otherwise."""
-    parts = jws.strip().split(".")
-    if len(parts) != 3:
-        raise InvalidReceipt("receipt.malformed", "a receipt is a compact JWS: header.payload.signature")
+def verify(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
+    """The payload of ``token`` if a key of ``jwks`` signed it; InvalidReceipt otherwise."""
     try:
-        header = json.loads(_unb64(parts[0]))
-        payload = json.loads(_unb64(parts[1]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidReceipt("receipt.malformed", "the header or the payload is not JSON") from exc
-    if not isinstance(header, dict) or not isinstance(payload, dict):
-        raise InvalidReceipt("receipt.malformed", "the header and the payload are JSON objects")
+        parsed = jws.CompactJws.parse(token)
+    except ValueError as exc:
+        raise InvalidReceipt("receipt.malformed", f"a receipt is a compact JWS: {exc}") from None
+    header = parsed.header
     if header.get("alg") != "EdDSA" or header.get("typ") != TYPE:
         raise InvalidReceipt("receipt.algorithm", "only EdDSA consent receipts are accepted")
     keys = [k for k in jwks.get("keys", []) if isinstance(k, dict) and k.get("kid") == header.get("kid")]
@@ -111,8 +88,9 @@ def verify(jws: str, jwks: dict[str, Any]) -> dict[str, Any]:
     if key.get("kty") != "OKP" or key.get("crv") != "Ed25519":
         raise InvalidReceipt("receipt.unknown_key", "the named key is not an Ed25519 key")
     try:
-        public = Ed25519PublicKey.from_public_bytes(_unb64(str(key.get("x", ""))))
-        public.verify(_unb64(parts[2]), f"{parts[0]}.{parts[1]}".encode("ascii"))
-    except (InvalidSignature, ValueError) as exc:
-        raise InvalidReceipt("receipt.bad_signature", "the signature does not match the receipt") from exc
-    return payload
+        public = Ed25519PublicKey.from_public_bytes(jws.b64url_decode(str(key.get("x", ""))))
+    except ValueError as exc:
+        raise InvalidReceipt("receipt.unknown_key", "the named key is not a valid Ed25519 key") from exc
+    if not parsed.verified_by(public):
+        raise InvalidReceipt("receipt.bad_signature", "the signature does not match the receipt")
+    return parsed.payload

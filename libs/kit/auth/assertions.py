@@ -15,7 +15,6 @@ from the public key, so a service never trusts a ``kid`` it was not configured w
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
@@ -23,11 +22,11 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from pydantic import ValidationError
 
+from kit import jws
 from kit.auth.oidc import TokenRefused, looks_like_jwt
 from kit.auth.principal import Principal
 
@@ -49,28 +48,20 @@ MAX_LIFETIME_SECONDS = 120.0
 _CLOCK_SKEW_SECONDS = 5.0
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def _key_id(public: Ed25519PublicKey) -> str:
-    return _b64(hashlib.sha256(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).digest()[:12])
+    return jws.b64url(hashlib.sha256(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).digest()[:12])
 
 
 def generate_signing_key() -> str:
     """A new Ed25519 private key, as base64url of its 32 raw bytes (keep it secret)."""
     raw = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    return _b64(raw)
+    return jws.b64url(raw)
 
 
 def public_key_of(signing_key: str) -> str:
     """The public key (base64url raw) of a signing key (base64url raw), to configure on services."""
-    private = Ed25519PrivateKey.from_private_bytes(_unb64(signing_key))
-    return _b64(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    private = Ed25519PrivateKey.from_private_bytes(jws.b64url_decode(signing_key))
+    return jws.b64url(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
 
 
 def is_assertion(credential: str) -> bool:
@@ -78,7 +69,7 @@ def is_assertion(credential: str) -> bool:
     if not looks_like_jwt(credential):
         return False
     try:
-        header = json.loads(_unb64(credential.split(".", 1)[0]))
+        header = json.loads(jws.b64url_decode(credential.split(".", 1)[0]))
     except (ValueError, UnicodeDecodeError):
         return False
     return isinstance(header, dict) and header.get("typ") == ASSERTION_TYPE
@@ -92,14 +83,14 @@ class AssertionSigner:
     ) -> None:
         if not 0 < lifetime <= MAX_LIFETIME_SECONDS:
             raise ValueError(f"an assertion lives at most {MAX_LIFETIME_SECONDS:.0f} seconds")
-        self._private = Ed25519PrivateKey.from_private_bytes(_unb64(signing_key))
+        self._private = Ed25519PrivateKey.from_private_bytes(jws.b64url_decode(signing_key))
         self.kid = _key_id(self._private.public_key())
         self.lifetime = lifetime
         self.clock = clock
 
     @property
     def public_key(self) -> str:
-        return _b64(self._private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        return jws.b64url(self._private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
 
     def sign(self, principal: Principal, *, request_id: str | None = None) -> str:
         """A compact JWS asserting ``principal`` for ``lifetime`` seconds."""
@@ -116,12 +107,7 @@ class AssertionSigner:
         }
         if request_id:
             payload["rid"] = request_id
-        signing_input = (
-            _b64(json.dumps(header, separators=(",", ":")).encode())
-            + "."
-            + _b64(json.dumps(payload, separators=(",", ":")).encode())
-        )
-        return signing_input + "." + _b64(self._private.sign(signing_input.encode("ascii")))
+        return jws.sign(self._private, header, payload)
 
 
 class AssertionVerifier:
@@ -130,7 +116,7 @@ class AssertionVerifier:
     def __init__(self, public_keys: Iterable[str], *, clock: Callable[[], float] = time.time) -> None:
         self._keys: dict[str, Ed25519PublicKey] = {}
         for encoded in public_keys:
-            public = Ed25519PublicKey.from_public_bytes(_unb64(encoded.strip()))
+            public = Ed25519PublicKey.from_public_bytes(jws.b64url_decode(encoded.strip()))
             self._keys[_key_id(public)] = public
         self.clock = clock
 
@@ -142,24 +128,18 @@ class AssertionVerifier:
         """The asserted principal; :class:`TokenRefused` (``assertion_*`` reasons) otherwise."""
         if not looks_like_jwt(assertion):
             raise TokenRefused("assertion_malformed", "not a compact JWS")
-        header_part, payload_part, signature_part = assertion.split(".")
         try:
-            header = json.loads(_unb64(header_part))
-            payload = json.loads(_unb64(payload_part))
-            signature = _unb64(signature_part)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise TokenRefused("assertion_malformed", "the assertion is not base64url JSON") from exc
-        if not isinstance(header, dict) or not isinstance(payload, dict):
-            raise TokenRefused("assertion_malformed", "the assertion's parts are not JSON objects")
+            parsed = jws.CompactJws.parse(assertion)
+        except ValueError as exc:
+            raise TokenRefused("assertion_malformed", f"the assertion is not a compact JWS: {exc}") from exc
+        header, payload = parsed.header, parsed.payload
         if header.get("alg") != "EdDSA" or header.get("typ") != ASSERTION_TYPE:
             raise TokenRefused("assertion_unsigned", "only EdDSA-signed principal assertions are accepted")
         key = self._keys.get(str(header.get("kid")))
         if key is None:
             raise TokenRefused("assertion_unknown_key", "the assertion is not signed by a trusted gateway key")
-        try:
-            key.verify(signature, f"{header_part}.{payload_part}".encode("ascii"))
-        except InvalidSignature as exc:
-            raise TokenRefused("assertion_bad_signature", "the assertion's signature does not verify") from exc
+        if not parsed.verified_by(key):
+            raise TokenRefused("assertion_bad_signature", "the assertion's signature does not verify")
         now = self.clock()
         iat, exp = payload.get("iat"), payload.get("exp")
         if not isinstance(iat, int) or not isinstance(exp, int):
