@@ -8,10 +8,12 @@ Convention: ``<domain>.<entity>.<action>.<key tokens>`` for events (captured by 
 from __future__ import annotations
 
 import re
+from typing import Literal, get_args
 
 from contracts.identifiers import SubjectTokenError, validate_node_id, validate_siren, validate_siret, validate_slug
 
 __all__ = [
+    "AgreementAction",
     "audit",
     "audit_destroyed",
     "consent_changed",
@@ -50,22 +52,21 @@ def registry_organisation_admitted(siret: str) -> str:
     return f"registry.organisation.admitted.{validate_siret(siret)}"
 
 
-_AGREEMENT_ACTIONS = frozenset(
-    {
-        "requested",
-        "offered",
-        "countered",
-        "accepted",
-        "approved",
-        "activated",
-        "suspended",
-        "resumed",
-        "revoked",
-        "terminated",
-        "expired",
-        "rejected",
-    }
-)
+AgreementAction = Literal[
+    "requested",
+    "offered",
+    "countered",
+    "accepted",
+    "approved",
+    "activated",
+    "suspended",
+    "resumed",
+    "revoked",
+    "terminated",
+    "expired",
+    "rejected",
+]
+_AGREEMENT_ACTIONS = frozenset(get_args(AgreementAction))
 
 
 def registry_agreement(action: str, agreement_id: str) -> str:

@@ -10,6 +10,7 @@ from pydantic import Field, HttpUrl
 from contracts import subjects
 from contracts.events.base import Event, register
 from contracts.identifiers import NodeId, Siren, Siret
+from contracts.subjects import AgreementAction
 
 __all__ = [
     "AgreementTransitionedV1",
@@ -90,20 +91,6 @@ class OrganisationAdmittedV1(Event):
         return f"organisation/{self.siret}"
 
 
-AgreementAction = Literal[
-    "requested",
-    "offered",
-    "countered",
-    "accepted",
-    "approved",
-    "activated",
-    "suspended",
-    "resumed",
-    "revoked",
-    "terminated",
-    "expired",
-    "rejected",
-]
 AgreementStateName = Literal[
     "REQUESTED",
     "OFFERED",

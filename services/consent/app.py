@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from fastapi import FastAPI
 
@@ -13,6 +14,7 @@ from consent.config import ConsentSettings
 from consent.receipts import ReceiptSigner
 from consent.subject_requests import purge_access_files
 from kit.db import utcnow
+from kit.periodic import run_every
 from kit.service import ServiceContext, create_service_app
 from kit.settings import ServiceSettings
 
@@ -30,19 +32,14 @@ def expire_once(ctx: ServiceContext) -> int:
         return records.expire_due(session, now=utcnow(), signers=signers, source=ctx.source)
 
 
-async def _expiry_loop(ctx: ServiceContext, interval: float) -> None:
-    files = ctx.settings.data_dir / "subject-requests"
-    while True:
-        try:
-            count = await asyncio.to_thread(expire_once, ctx)
-            if count:
-                log.info("%d consent(s) expired", count)
-            removed = await asyncio.to_thread(purge_access_files, files)
-            if removed:
-                log.info("%d access file(s) older than 30 days deleted", removed)
-        except Exception as exc:  # noqa: BLE001 - try again at the next period
-            log.warning("consent expiry failed: %s", exc)
-        await asyncio.sleep(interval)
+def _housekeeping(ctx: ServiceContext) -> None:
+    """Expire consents whose validity ended; delete access files older than 30 days (they hold personal data)."""
+    count = expire_once(ctx)
+    if count:
+        log.info("%d consent(s) expired", count)
+    removed = purge_access_files(ctx.settings.data_dir / "subject-requests")
+    if removed:
+        log.info("%d access file(s) older than 30 days deleted", removed)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -51,8 +48,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     tasks: list[asyncio.Task[None]] = []
 
     async def on_startup(ctx: ServiceContext) -> None:
+        job = partial(_housekeeping, ctx)
         tasks.append(
-            asyncio.create_task(_expiry_loop(ctx, consent_settings.expiry_interval_seconds), name="consent-expiry")
+            asyncio.create_task(
+                run_every(consent_settings.expiry_interval_seconds, job, what="consent expiry"), name="consent-expiry"
+            )
         )
 
     async def on_shutdown(ctx: ServiceContext) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,6 +14,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from contracts.datasets import AccessLevel, DatasetMetadata
+from contracts.events import AuditRecordedV1
 from contracts.requests import QueryRequestV1
 from exchange import audit
 from exchange.audit import AuditRecord, ChainReport, verify_chain
@@ -228,27 +228,6 @@ def _require_auditor(principal: Principal, territory: str) -> None:
         )
 
 
-class AuditOut(BaseModel):
-    id: str
-    seq: int
-    at: str
-    principal: str
-    organisation: str | None
-    agreement_id: str | None
-    purpose: str | None
-    datasets: list[str]
-    sql_masked: str
-    sql_hash: str
-    decision: str
-    reason: str | None
-    rows_out: int
-    bytes_out: int
-    suppressed_groups: int
-    duration_ms: float
-    prev_hash: str
-    hash: str
-
-
 class PurgeReport(BaseModel):
     dataset: str
     retention: dict[str, str] | None
@@ -292,15 +271,15 @@ async def purge(
     return PurgeReport.model_validate(report)
 
 
-@router.get("/audit", response_model=list[AuditOut], tags=["audit"])
+@router.get("/audit", response_model=list[AuditRecordedV1], tags=["audit"])
 def audit_log(
     territory: Territory,
     session: SessionDep,
     principal: CallerPrincipal,
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[AuditOut]:
-    """The territory's audit records after sequence ``after`` (stewards and DPO)."""
+) -> list[AuditRecordedV1]:
+    """The territory's audit records after sequence ``after`` (stewards and DPO), as published on NATS."""
     _require_auditor(principal, territory)
     rows = session.exec(
         select(AuditRecord)
@@ -308,16 +287,11 @@ def audit_log(
         .order_by(col(AuditRecord.seq))
         .limit(limit)
     ).all()
-    return [
-        AuditOut(
-            **{**row.model_dump(), "at": row.at.isoformat(), "datasets": [d for d in row.datasets.split(",") if d]}
-        )
-        for row in rows
-    ]
+    return [audit.as_event(row) for row in rows]
 
 
 class AuditImport(BaseModel):
-    records: list[AuditOut] = Field(max_length=1_000_000)
+    records: list[AuditRecordedV1] = Field(max_length=1_000_000)
 
 
 @router.post("/audit/import", response_model=ChainReport, status_code=201, tags=["audit"])
@@ -332,14 +306,7 @@ def import_audit(
     previous = audit.GENESIS
     for expected, item in enumerate(sorted(body.records, key=lambda r: r.seq), start=1):
         # The hashes cover the territory: a chain only imports into the territory it was written for.
-        record = AuditRecord(
-            **{
-                **item.model_dump(),
-                "at": datetime.fromisoformat(item.at),
-                "datasets": ",".join(item.datasets),
-                "territory": territory,
-            }
-        )
+        record = AuditRecord(**{**item.model_dump(), "datasets": ",".join(item.datasets), "territory": territory})
         if record.seq != expected or record.prev_hash != previous or audit.record_hash(record) != record.hash:
             raise Unprocessable(
                 f"the chain breaks at record {record.seq}",

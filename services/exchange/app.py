@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -28,8 +29,10 @@ from exchange.streaming import StreamingIngestor
 from kit.advertisements import advertisements_consumer, published_metadata
 from kit.auth import Principal
 from kit.auth.remote import RegistryKeyVerifier
+from kit.db import Database
 from kit.errors import MaillageError, Unauthorized
 from kit.grants import GrantCache
+from kit.periodic import run_every
 from kit.service import ServiceContext, create_service_app
 from kit.settings import ServiceSettings
 from kit.telemetry import extract_context
@@ -127,15 +130,13 @@ def _subject_responder(ctx: ServiceContext, storage: Storage, siren: str) -> Cal
     return handle
 
 
-async def _retention_loop(ctx: ServiceContext, storage: Storage, territories: list[str], interval: float) -> None:
-    while True:
-        for siren in territories:
-            try:
-                assert ctx.database is not None
-                await asyncio.to_thread(purge_territory, ctx.database, storage, siren, source=ctx.source)
-            except Exception as exc:  # noqa: BLE001 - try again at the next period
-                log.warning("retention purge of %s failed: %s", siren, exc)
-        await asyncio.sleep(interval)
+def _purge_all(database: Database, storage: Storage, territories: list[str], source: str) -> None:
+    """The scheduled retention purge of every hosted territory (one failing does not stop the others)."""
+    for siren in territories:
+        try:
+            purge_territory(database, storage, siren, source=source)
+        except Exception as exc:  # noqa: BLE001 - the next period retries
+            log.warning("retention purge of %s failed: %s", siren, exc)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -193,9 +194,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             )
             await ingestor.start()
         app.state.storage, app.state.engine = storage, engine
+        purge = partial(_purge_all, ctx.database, storage, exchange_settings.territories, ctx.source)
         retention = asyncio.create_task(
-            _retention_loop(ctx, storage, exchange_settings.territories, exchange_settings.retention_interval_seconds),
-            name="retention",
+            run_every(exchange_settings.retention_interval_seconds, purge, what="retention purge"), name="retention"
         )
         state.update(sandbox=sandbox, grants=grants, ingestor=ingestor, subscriptions=[], retention=retention)
 

@@ -118,6 +118,13 @@ def mask_literals(sql: str) -> tuple[str, str]:
     return masked.sql(dialect="duckdb")[:20000], hashlib.sha256(normalised.encode("utf-8")).hexdigest()
 
 
+def as_event(record: AuditRecord) -> AuditRecordedV1:
+    """A stored record as the contract describes it (published on ``audit.<siren>``, listed by the API)."""
+    return AuditRecordedV1.model_validate(
+        {**record.model_dump(), "datasets": [d for d in record.datasets.split(",") if d]}
+    )
+
+
 def _last(session: Session, territory: str) -> AuditRecord | None:
     statement = (
         select(AuditRecord)
@@ -178,9 +185,7 @@ def append(
                 )
                 record.hash = record_hash(record)
                 session.add(record)
-                payload = record.model_dump()
-                payload["datasets"] = datasets
-                enqueue(session, AuditRecordedV1.model_validate(payload), source=source)
+                enqueue(session, as_event(record), source=source)
                 if also is not None:
                     enqueue(session, also(record), source=source)
             return record

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa  # type: ignore[import-untyped]
-from sqlalchemy import JSON, Column, inspect, text
+from sqlalchemy import JSON, Column
 from sqlmodel import Field, Session, SQLModel, select
 
 from contracts import subjects as subject_names
@@ -80,20 +80,9 @@ class ConsentSets:
         self.root = Path(root)
         self.database = database
         self.territories = set(territories)
-        self._add_recipients_column()
         self._lock = threading.RLock()
         self._stale: set[tuple[str, str]] = set()  # changed in the database, snapshot not rewritten yet
         self.rebuilt = 0  # snapshots written (for tests and metrics)
-
-    def _add_recipients_column(self) -> None:
-        """Databases created before consents named their recipients get the column (empty: such consents, given
-        before, name no recipient and count for nobody until renewed)."""
-        columns = {c["name"] for c in inspect(self.database.engine).get_columns(ConsentedSubject.__tablename__)}
-        if columns and "recipients" not in columns:
-            with self.database.engine.begin() as connection:
-                connection.execute(
-                    text("ALTER TABLE exchange_consent ADD COLUMN recipients JSON NOT NULL DEFAULT '[]'")
-                )
 
     # -- the consumer -----------------------------------------------------------------------------------------
 

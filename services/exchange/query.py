@@ -188,7 +188,10 @@ class QueryEngine:
                 published = await asyncio.to_thread(self._published, siren)
                 permissions, chosen = self._permissions(principal, siren, published, agreement_id)
                 infos, attachments = self._datasets(siren, published)
-                consented = self._consent_filters(siren, chosen, infos, permissions)
+                consented: dict[str, Attachment] = {}
+                if any(g.terms.legal_basis is LegalBasis.CONSENT for g in chosen.values()):
+                    # Reads the snapshot pointer, and rewrites a stale snapshot: not on the event loop.
+                    consented = await asyncio.to_thread(self._consent_filters, siren, chosen, infos, permissions)
                 checked: Plan = self.plans.plan(
                     sql,
                     datasets={slug: infos[slug] for slug in permissions if slug in infos},

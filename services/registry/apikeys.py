@@ -62,7 +62,7 @@ __all__ = [
     "resolve_owner",
     "revoke_key",
     "rotate_key",
-    "run_expiry_sweeps",
+    "sweep_expired_keys",
     "sweep_expired",
     "utcnow",
     "verify_key",
@@ -542,22 +542,13 @@ def sweep_expired(*, db_session: Session, source: str, limit: int = 500) -> int:
     return announced
 
 
-async def run_expiry_sweeps(database: Database, *, source: str, interval: float = 60.0) -> None:
-    """Run :func:`sweep_expired` every ``interval`` seconds until cancelled."""
-
-    def sweep() -> int:
-        with database.unit_of_work() as session:
-            return sweep_expired(db_session=session, source=source)
-
-    while True:
-        await asyncio.sleep(interval)  # first sweep after one interval: start-up stays quick
-        try:
-            swept = await asyncio.to_thread(sweep)
-        except Exception as exc:  # noqa: BLE001 - the next round retries; a sweep must not kill the loop
-            log.warning("API key expiry sweep failed: %s: %s", type(exc).__name__, exc)
-            continue
-        if swept:
-            log.info("announced %d expired API keys", swept)
+def sweep_expired_keys(database: Database, *, source: str) -> int:
+    """One :func:`sweep_expired` in its own transaction (the registry runs it every minute)."""
+    with database.unit_of_work() as session:
+        swept = sweep_expired(db_session=session, source=source)
+    if swept:
+        log.info("announced %d expired API keys", swept)
+    return swept
 
 
 class LocalKeyVerifier:

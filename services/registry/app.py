@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from kit.advertisements import advertisements_consumer
 from kit.consumer import DurableConsumer
 from kit.db import on_commit
+from kit.periodic import run_every
 from kit.service import ServiceContext, create_service_app
 from kit.settings import ServiceSettings
 from registry import agreements, apikeys, service
@@ -61,18 +62,9 @@ def expire_due(ctx: ServiceContext, materializer: GrantMaterializer) -> int:
             )
             on_commit(session, partial(materializer.notify, agreement_id))
             expired += 1
+    if expired:
+        log.info("%d agreement(s) expired", expired)
     return expired
-
-
-async def _expiry_loop(ctx: ServiceContext, materializer: GrantMaterializer, interval: float) -> None:
-    while True:
-        try:
-            count = await asyncio.to_thread(expire_due, ctx, materializer)
-            if count:
-                log.info("%d agreement(s) expired", count)
-        except Exception as exc:  # noqa: BLE001 - try again at the next period
-            log.warning("expiry check failed: %s", exc)
-        await asyncio.sleep(interval)
 
 
 def _datasets_consumer(ctx: ServiceContext) -> DurableConsumer:
@@ -103,14 +95,27 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         )
         await materializer.start()
         app.state.grants = materializer
+        database = ctx.database
         tasks.append(
             asyncio.create_task(
-                _expiry_loop(ctx, materializer, registry_settings.expiry_check_interval), name="agreement-expiry"
+                run_every(
+                    registry_settings.expiry_check_interval,
+                    partial(expire_due, ctx, materializer),
+                    what="agreement expiry",
+                ),
+                name="agreement-expiry",
             )
         )
         tasks.append(
             asyncio.create_task(
-                apikeys.run_expiry_sweeps(ctx.database, source=ctx.source, interval=60.0), name="apikey-expiry"
+                # First sweep after one interval: start-up stays quick.
+                run_every(
+                    60.0,
+                    partial(apikeys.sweep_expired_keys, database, source=ctx.source),
+                    what="API key expiry sweep",
+                    first_after=60.0,
+                ),
+                name="apikey-expiry",
             )
         )
 

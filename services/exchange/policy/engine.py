@@ -32,6 +32,7 @@ from .errors import PolicyError
 from .functions import (
     AGGREGATES,
     ANONYMOUS_FUNCTIONS,
+    BOOLEAN_OPERATORS,
     CAST_TYPES,
     PREDICATES,
     SCALARS,
@@ -1387,30 +1388,12 @@ def _try(node: exp.Expr) -> exp.Expr:
     return exp.Anonymous(this="TRY", expressions=[node])
 
 
-_BOOLEAN = (
-    exp.EQ,
-    exp.NEQ,
-    exp.GT,
-    exp.GTE,
-    exp.LT,
-    exp.LTE,
-    exp.NullSafeEQ,
-    exp.NullSafeNEQ,
-    exp.Is,
-    exp.In,
-    exp.Between,
-    exp.Like,
-    exp.ILike,
-    exp.Not,
-    exp.And,
-    exp.Or,
-    exp.Boolean,
-)
+_BOOLEAN_RESULT = (*BOOLEAN_OPERATORS, exp.Boolean)
 
 
 def _try_condition(node: exp.Expr) -> exp.Expr:
     """A WHERE/ON condition that yields NULL (row dropped) where it would fail, including its cast to BOOLEAN."""
-    if not isinstance(_unparen(node), _BOOLEAN):
+    if not isinstance(_unparen(node), _BOOLEAN_RESULT):
         # WHERE commune_insee casts a string to BOOLEAN outside any TRY: it fails on some values only.
         node = exp.Cast(this=node, to=exp.DataType.build("BOOLEAN"))
     return exp.Anonymous(this="TRY", expressions=[node])

@@ -20,6 +20,7 @@ from sqlglot import exp
 from sqlglot.expressions.datatypes import DType
 
 __all__ = [
+    "BOOLEAN_OPERATORS",
     "AGGREGATES",
     "ANONYMOUS_FUNCTIONS",
     "CAST_TYPES",
@@ -29,8 +30,8 @@ __all__ = [
     "WINDOW_FUNCTIONS",
 ]
 
-# Operators and comparisons; their operands are "in a predicate" for the identifier rules.
-PREDICATES: Final[frozenset[type[exp.Expr]]] = frozenset(
+# Comparisons and logical operators: their result is already a BOOLEAN.
+BOOLEAN_OPERATORS: Final[frozenset[type[exp.Expr]]] = frozenset(
     {
         exp.EQ,
         exp.NEQ,
@@ -48,11 +49,11 @@ PREDICATES: Final[frozenset[type[exp.Expr]]] = frozenset(
         exp.Not,
         exp.And,
         exp.Or,
-        exp.Case,
-        exp.If,
-        exp.Nullif,
     }
 )
+
+# Operators and comparisons; their operands are "in a predicate" for the identifier rules.
+PREDICATES: Final[frozenset[type[exp.Expr]]] = BOOLEAN_OPERATORS | {exp.Case, exp.If, exp.Nullif}
 
 SCALARS: Final[frozenset[type[exp.Expr]]] = frozenset(
     {

@@ -80,26 +80,3 @@ def test_latest_event_wins_and_snapshots_follow(database: Database, tmp_path: Pa
     assert sets.attachment(DIJON, RESEARCH) is None
     assert sets.rebuild_all() == 1 and snapshot(sets) == {pseudonym64(pseudonym(KEY, "CPT-2"))}
     assert len(list(sets.directory(DIJON, RESEARCH).glob("v*.duckdb"))) <= 3
-
-
-def test_a_database_from_before_recipients_gets_the_column(database: Database, tmp_path: Path) -> None:
-    from sqlalchemy import inspect, text
-
-    with database.engine.begin() as connection:
-        connection.execute(text("DROP TABLE exchange_consent"))
-        connection.execute(
-            text(
-                "CREATE TABLE exchange_consent (record_id VARCHAR(64) PRIMARY KEY, territory VARCHAR(9), "
-                "purpose VARCHAR(200), subject VARCHAR(64), active BOOLEAN, valid_until TIMESTAMP, seq INTEGER)"
-            )
-        )
-        connection.execute(
-            text("INSERT INTO exchange_consent VALUES ('old', :t, :p, :s, TRUE, NULL, 1)"),
-            {"t": DIJON, "p": RESEARCH, "s": pseudonym(KEY, "CPT-9")},
-        )
-    sets = ConsentSets(tmp_path, database, [DIJON])
-    assert "recipients" in {c["name"] for c in inspect(database.engine).get_columns("exchange_consent")}
-    # Consents recorded before recipients were carried name nobody: they count for no partner until renewed.
-    assert sets.rebuild_all() == 1 and snapshot(sets) == set()
-    apply(sets, database, change("old", 2, True, "CPT-9"))
-    assert snapshot(sets) == {pseudonym64(pseudonym(KEY, "CPT-9"))}

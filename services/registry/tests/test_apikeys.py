@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from kit.db import Database
 from kit.errors import Conflict
 from kit.nats_server import NatsServer
 from kit.outbox import OutboxEvent
+from kit.periodic import run_every
 from kit.testing.factories import bootstrap_key, operator_principal, service_settings
 from registry import apikeys
 from registry.apikeys import ApiKey
@@ -474,7 +476,8 @@ async def test_the_expiry_sweeper_runs_in_the_background(database: Database, mon
             source="urn:maillage:test:registry",
         )
     clock.advance(minutes=5)
-    task = asyncio.create_task(apikeys.run_expiry_sweeps(database, source="urn:maillage:test:registry", interval=0.05))
+    sweep = partial(apikeys.sweep_expired_keys, database, source="urn:maillage:test:registry")
+    task = asyncio.create_task(run_every(0.05, sweep, what="API key expiry sweep"))
     try:
         for _ in range(100):
             with database.session() as session:
